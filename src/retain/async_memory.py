@@ -1,0 +1,60 @@
+"""`AsyncMemory`: the same API as `Memory`, awaitable.
+
+Each method is derived from `Memory`'s by `_awaitable`, which runs it in a
+worker thread: the pipeline is written once, SQLite and ONNX release the GIL,
+and signatures stay identical (a parity test checks them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from .memory import Memory
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _awaitable(method: Callable[Concatenate[Memory, P], R]) -> Callable[Concatenate[AsyncMemory, P], Awaitable[R]]:
+    @functools.wraps(method)
+    async def run(self: AsyncMemory, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await asyncio.to_thread(method, self.sync, *args, **kwargs)
+
+    return run
+
+
+class AsyncMemory:
+    """Async twin of `Memory`; `sync` is the underlying `Memory`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sync = kwargs.pop("memory", None) or Memory(*args, **kwargs)
+
+    @classmethod
+    def wrap(cls, memory: Memory) -> AsyncMemory:
+        return cls(memory=memory)
+
+    add = _awaitable(Memory.add)
+    search = _awaitable(Memory.search)
+    get = _awaitable(Memory.get)
+    get_all = _awaitable(Memory.get_all)
+    update = _awaitable(Memory.update)
+    delete = _awaitable(Memory.delete)
+    delete_all = _awaitable(Memory.delete_all)
+    history = _awaitable(Memory.history)
+    messages = _awaitable(Memory.messages)
+    add_message = _awaitable(Memory.add_message)
+    clear_messages = _awaitable(Memory.clear_messages)
+    close = _awaitable(Memory.close)
+
+    def sessions(self, run_id: str, *, user_id: str | None = None, agent_id: str | None = None) -> Any:
+        """The session object; use its `aget_messages`, `aadd_message` and `aclear`."""
+        return self.sync.sessions(run_id, user_id=user_id, agent_id=agent_id)
+
+    async def __aenter__(self) -> AsyncMemory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,443 @@
+"""`Memory`: the library's front door.
+
+It validates input, embeds outside any transaction, builds one `WriteBatch`
+per operation and hands it to the store, which commits it atomically. Search
+fuses exact vector KNN with BM25 by reciprocal rank. `AsyncMemory` (in
+`retain.async_memory`) is derived from this class, not copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections import Counter
+from datetime import datetime
+from functools import lru_cache
+from types import TracebackType
+from typing import Any
+
+from .embedders import Embedder, embedder_from_spec
+from .errors import ConfigError, InvalidInputError, NotFoundError, RetainError
+from .filters import parse_filters
+from .inputs import (
+    MessagesInput,
+    check_id,
+    check_limit,
+    check_metadata,
+    check_text,
+    make_scope,
+    normalise_messages,
+    time_or_now,
+)
+from .models import (
+    AddResult,
+    ChatMessage,
+    HistoryEntry,
+    Hit,
+    MemoryEvent,
+    MemoryPage,
+    MemoryRecord,
+    Message,
+    PurgeCounts,
+    Scope,
+    SearchResult,
+)
+from .ranking import fuse
+from .sessions import Session
+from .settings import Settings
+from .store import Store, open_store
+from .store.base import NewEvent, NewMemory, NewMessage, Supersede, Vector, WriteBatch
+from .timeutil import from_micros, now_micros
+
+logger = logging.getLogger(__name__)
+
+#: Candidates taken from each signal before fusion, at least.
+CANDIDATE_POOL = 50
+
+
+def new_id() -> str:
+    """A UUIDv7: time-ordered, so ids sort roughly by creation."""
+    ms = now_micros() // 1000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62)
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
+
+
+class Memory:
+    """Long-term memory over one store. Thread-safe; share one instance per process."""
+
+    def __init__(
+        self,
+        store: Store | str | None = None,
+        embedder: Embedder | str | None = None,
+        *,
+        settings: Settings | None = None,
+        tenant_id: str = "default",
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        if embedder is None or isinstance(embedder, str):
+            embedder = embedder_from_spec(embedder or self.settings.embedder, self.settings)
+        self.embedder = embedder
+        if store is None or isinstance(store, str):
+            store = open_store(
+                store or self.settings.store, dimensions=embedder.dimensions, embedder_id=embedder.model_id
+            )
+        self.store = store
+        self.tenant_id = make_scope(tenant_id, None, None, None, require=False).tenant_id
+        self._access = _AccessRecorder(store) if self.settings.track_access else None
+        self._embed_query = lru_cache(maxsize=512)(self._embed_query_uncached)
+
+    @classmethod
+    def from_config(cls, settings: Settings, *, tenant_id: str = "default") -> Memory:
+        return cls(settings=settings, tenant_id=tenant_id)
+
+    def for_tenant(self, tenant_id: str) -> Memory:
+        """A view of the same store and embedder that sees only `tenant_id`'s data."""
+        view = object.__new__(Memory)
+        view.__dict__.update(self.__dict__)
+        view.tenant_id = make_scope(tenant_id, None, None, None, require=False).tenant_id
+        return view
+
+    # -- writes -----------------------------------------------------------------------
+
+    def add(
+        self,
+        messages: MessagesInput,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        infer: bool = True,
+        at: datetime | str | None = None,
+    ) -> AddResult:
+        """Remember `messages`. With `infer=False` each message is stored verbatim as one memory."""
+        scope = self._scope(user_id, agent_id, run_id)
+        parsed = normalise_messages(
+            messages, max_chars=self.settings.max_message_chars, max_count=self.settings.max_messages_per_add
+        )
+        base_metadata = check_metadata(metadata)
+        observed = time_or_now(at, field="at")
+        if infer:
+            raise ConfigError(
+                "add(infer=True) needs an LLM to extract facts: set RETAIN_LLM=openai:gpt-4o-mini (or another "
+                "provider), or call add(..., infer=False) to store the messages verbatim."
+            )
+        vectors = self.embedder.embed([m.content for m in parsed])
+        batch = WriteBatch(at=now_micros())
+        results: list[MemoryEvent] = []
+        for message, vector in zip(parsed, vectors, strict=True):
+            stored = self._new_message(scope, message, observed)
+            batch.messages.append(stored)
+            meta = {**base_metadata, **message.metadata, "role": message.role}
+            if message.name is not None:
+                meta["name"] = message.name
+            memory = self._new_memory(scope, message.content, None, meta, observed, [stored.id], vector)
+            batch.memories.append(memory)
+            reason = "stored verbatim (infer=False)"
+            batch.events.append(self._event(memory, "ADD", None, message.content, reason, [stored.id]))
+            results.append(MemoryEvent(id=memory.id, memory=memory.text, event="ADD", reason=reason))
+        self.store.write(self.tenant_id, batch)
+        return AddResult(results=results, message_ids=[m.id for m in batch.messages])
+
+    def update(
+        self,
+        id: str,
+        text: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        reason: str | None = None,
+    ) -> MemoryEvent:
+        """Write a new version of a current memory; the old version stays in its history."""
+        old = self.get(id)
+        if text is None and metadata is None:
+            raise InvalidInputError("update() needs text= or metadata= (or both).", field="text")
+        if old.valid_to is not None:
+            raise InvalidInputError(
+                f"Memory {id!r} is no longer current (superseded by {old.superseded_by!r}); update that one.",
+                field="id",
+            )
+        new_text = old.memory if text is None else check_text(text, field="text", max_chars=self.settings.max_message_chars)
+        new_meta = old.metadata if metadata is None else check_metadata(metadata)
+        if new_text == old.memory:
+            vector = self.store.vectors(self.tenant_id, [id])[id]
+        else:
+            vector = self.embedder.embed([new_text])[0]
+        now = now_micros()
+        scope = Scope(tenant_id=self.tenant_id, user_id=old.user_id, agent_id=old.agent_id, run_id=old.run_id)
+        lineage = self.store.lineage_id(self.tenant_id, id) or id
+        memory = self._new_memory(
+            scope, new_text, old.category, new_meta, now, old.source_message_ids, vector, lineage=lineage
+        )
+        why = reason or "updated through the API"
+        batch = WriteBatch(
+            at=now,
+            memories=[memory],
+            supersede=[Supersede(old_id=id, new_id=memory.id, valid_to=now)],
+            events=[self._event(memory, "UPDATE", old.memory, new_text, why, [])],
+        )
+        self.store.write(self.tenant_id, batch)
+        return MemoryEvent(id=memory.id, memory=new_text, event="UPDATE", previous_memory=old.memory, reason=why)
+
+    def delete(self, id: str) -> PurgeCounts:
+        """Purge a memory: every version, its vectors, keyword rows and history."""
+        lineage = self.store.lineage_id(self.tenant_id, check_id(id))
+        if lineage is None:
+            raise NotFoundError("memory", id)
+        return self.store.purge_lineage(self.tenant_id, lineage)
+
+    def delete_all(
+        self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
+    ) -> PurgeCounts:
+        """Purge everything in the scope: memories, history, vectors, keyword rows, messages and jobs."""
+        return self.store.purge_scope(self._scope(user_id, agent_id, run_id))
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, id: str) -> MemoryRecord:
+        records = self.store.get(self.tenant_id, [check_id(id)])
+        if not records:
+            raise NotFoundError("memory", id)
+        return records[0]
+
+    def get_all(
+        self,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filters: dict[str, Any] | None = None,
+        include_superseded: bool = False,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> MemoryPage:
+        """Memories in scope, newest first, a page at a time (pass `next_cursor` back as `cursor`)."""
+        scope = self._scope(user_id, agent_id, run_id)
+        after = None
+        if cursor is not None:
+            if not isinstance(cursor, str) or not cursor.isdigit():
+                raise InvalidInputError(f"cursor {cursor!r} is not one that get_all returned.", field="cursor")
+            after = int(cursor)
+        records, next_after = self.store.list_memories(
+            scope, parse_filters(filters), include_superseded, check_limit(limit), after
+        )
+        return MemoryPage(results=records, next_cursor=None if next_after is None else str(next_after))
+
+    def search(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        filters: dict[str, Any] | None = None,
+        limit: int = 10,
+        threshold: float | None = None,
+        as_of: datetime | str | None = None,
+        explain: bool = False,
+    ) -> SearchResult:
+        """The memories most relevant to `query` in scope.
+
+        `threshold` is the minimum cosine similarity between query and memory.
+        `as_of` searches the memories that were valid at that time instead of
+        the current ones. `explain=True` fills `Hit.scores` with each signal.
+        """
+        scope = self._scope(user_id, agent_id, run_id)
+        check_text(query, field="query", max_chars=self.settings.max_message_chars)
+        limit = check_limit(limit)
+        where = parse_filters(filters)
+        if threshold is not None and (isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0):
+            raise InvalidInputError(f"threshold must be a number from -1 to 1, got {threshold!r}.", field="threshold")
+        as_of_us = None if as_of is None else time_or_now(as_of, field="as_of")
+        now = now_micros()
+        vector = self._embed_query(query)
+        pool = max(CANDIDATE_POOL, 2 * limit)
+        dense = self.store.vector_search(scope, vector, pool, where, as_of_us, now)
+        sparse = self.store.keyword_search(scope, query, pool, where, as_of_us, now)
+        fused = fuse(dense, sparse)
+        missing = [f.id for f in fused if f.vector is None]
+        similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
+        if threshold is not None:
+            fused = [f for f in fused if similarities.get(f.id, -1.0) >= threshold]
+        fused = fused[:limit]
+        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
+        hits = []
+        for f in fused:
+            record = records.get(f.id)
+            if record is None:  # purged between the index read and this fetch
+                continue
+            scores = None
+            if explain:
+                scores = {"rrf": f.score, "vector": similarities.get(f.id, 0.0)}
+                if f.vector is not None:
+                    scores["vector_rank"] = float(f.vector)
+                if f.keyword is not None:
+                    scores["keyword_rank"] = float(f.keyword)
+                    scores["bm25"] = f.bm25 or 0.0
+            hits.append(_hit(record, f.score, scores))
+        if self._access is not None:
+            self._access.record(self.tenant_id, [h.id for h in hits])
+        return SearchResult(results=hits)
+
+    def history(self, id: str) -> list[HistoryEntry]:
+        """Every event of every version of the memory, oldest first."""
+        lineage = self.store.lineage_id(self.tenant_id, check_id(id))
+        if lineage is None:
+            raise NotFoundError("memory", id)
+        return self.store.history(self.tenant_id, lineage)
+
+    # -- chat history -----------------------------------------------------------------
+
+    def sessions(self, run_id: str, *, user_id: str | None = None, agent_id: str | None = None) -> Session:
+        """The chat history of one session (`run_id`), optionally narrowed to a user or agent."""
+        return Session(self, self._scope(user_id, agent_id, run_id))
+
+    def messages(self, scope: Scope, limit: int | None = None) -> list[ChatMessage]:
+        if limit is not None:
+            check_limit(limit)
+        return self.store.messages(scope, limit)
+
+    def add_message(
+        self, scope: Scope, role: str, content: str, name: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> ChatMessage:
+        (message,) = normalise_messages(
+            {"role": role, "content": content, "name": name, "metadata": check_metadata(metadata)},
+            max_chars=self.settings.max_message_chars,
+            max_count=1,
+        )
+        now = now_micros()
+        stored = self._new_message(scope, message, now)
+        self.store.write(self.tenant_id, WriteBatch(at=now, messages=[stored]))
+        return _chat_message(stored)
+
+    def clear_messages(self, scope: Scope) -> int:
+        return self.store.delete_messages(scope)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._access is not None:
+            self._access.close()
+        self.store.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _scope(self, user_id: str | None, agent_id: str | None, run_id: str | None) -> Scope:
+        return make_scope(self.tenant_id, user_id, agent_id, run_id)
+
+    def _embed_query_uncached(self, query: str) -> Vector:
+        vector = self.embedder.embed([query])[0]
+        vector.setflags(write=False)
+        return vector
+
+    @staticmethod
+    def _new_message(scope: Scope, message: Message, at: int) -> NewMessage:
+        return NewMessage(
+            id=new_id(), scope=scope, role=message.role, content=message.content, name=message.name,
+            metadata=message.metadata, created_at=at,
+        )
+
+    @staticmethod
+    def _new_memory(
+        scope: Scope,
+        text: str,
+        category: str | None,
+        metadata: dict[str, Any],
+        valid_from: int,
+        sources: list[str],
+        vector: Vector,
+        *,
+        lineage: str | None = None,
+    ) -> NewMemory:
+        id = new_id()
+        return NewMemory(
+            id=id, lineage_id=lineage or id, scope=scope, text=text, category=category, metadata=metadata,
+            hash=text_hash(text), valid_from=valid_from, source_message_ids=sources, embedding=vector,
+        )
+
+    @staticmethod
+    def _event(
+        memory: NewMemory, event: str, old: str | None, new: str | None, reason: str, sources: list[str]
+    ) -> NewEvent:
+        return NewEvent(
+            memory_id=memory.id, lineage_id=memory.lineage_id, scope=memory.scope, event=event, old_text=old,
+            new_text=new, reason=reason, actor="api", source_message_ids=sources,
+        )
+
+
+def _hit(record: MemoryRecord, score: float, scores: dict[str, float] | None) -> Hit:
+    return Hit(
+        id=record.id, memory=record.memory, score=score, category=record.category, metadata=record.metadata,
+        user_id=record.user_id, agent_id=record.agent_id, run_id=record.run_id, created_at=record.created_at,
+        valid_from=record.valid_from, valid_to=record.valid_to, source=record.source_message_ids, scores=scores,
+    )
+
+
+def _chat_message(stored: NewMessage) -> ChatMessage:
+    s = stored.scope
+    return ChatMessage(
+        id=stored.id, role=stored.role, content=stored.content, name=stored.name,  # type: ignore[arg-type]
+        user_id=s.user_id, agent_id=s.agent_id, run_id=s.run_id, metadata=stored.metadata,
+        created_at=from_micros(stored.created_at),
+    )
+
+
+class _AccessRecorder:
+    """Counts search hits and writes them in the background, so a search never waits on a write lock."""
+
+    FLUSH_SECONDS = 1.0
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: dict[str, Counter[str]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def record(self, tenant_id: str, ids: list[str]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            self._pending.setdefault(tenant_id, Counter()).update(ids)
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="retain-access", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self.FLUSH_SECONDS)
+            try:
+                self.flush()
+            except RetainError as exc:  # counters are best-effort; searches must not fail for them
+                logger.warning("could not record memory access counts: %s", exc)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        now = now_micros()
+        for tenant_id, counts in pending.items():
+            self._store.record_access(tenant_id, dict(counts), now)
+
+    def close(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()

@@ -1,0 +1,45 @@
+"""Fusion of the retrieval signals by reciprocal rank.
+
+RRF needs no score calibration between cosine similarity and BM25, which live
+on different scales and shift with corpus size; it only trusts each signal's
+order. The fused score is scaled so that 1.0 means "ranked first by every
+signal".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .store.base import Candidate
+
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Fused:
+    id: str
+    score: float
+    vector: int | None  # 1-based rank in the vector list
+    keyword: int | None  # 1-based rank in the keyword list
+    bm25: float | None
+
+
+def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K) -> list[Fused]:
+    ranks: dict[str, dict[str, int]] = {}
+    for name, candidates in (("vector", dense), ("keyword", sparse)):
+        for rank, candidate in enumerate(candidates, start=1):
+            ranks.setdefault(candidate.id, {})[name] = rank
+    bm25 = {c.id: c.score for c in sparse}
+    best = 2.0 / (k + 1)
+    fused = [
+        Fused(
+            id=id,
+            score=sum(1.0 / (k + r) for r in signal.values()) / best,
+            vector=signal.get("vector"),
+            keyword=signal.get("keyword"),
+            bm25=bm25.get(id),
+        )
+        for id, signal in ranks.items()
+    ]
+    fused.sort(key=lambda f: (-f.score, f.id))
+    return fused

@@ -1,0 +1,97 @@
+"""Settings, read once and strictly cast.
+
+Nothing reads the environment at import. `Settings.from_env()` reads it when
+asked; everything else receives a `Settings` object. Values come from the
+environment, then from an optional `.env` file, then from defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_CATEGORIES = ("preference", "fact", "goal", "context")
+
+
+def default_store_url() -> str:
+    """A file in the user's data directory, never /tmp."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'retain' / 'retain.db'}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: str = field(default_factory=default_store_url)
+    embedder: str = "local:minilm"
+    llm: str | None = None
+    max_message_chars: int = 32_000
+    max_messages_per_add: int = 10_000
+    embed_threads: int = 1
+    categories: tuple[str, ...] = DEFAULT_CATEGORIES
+    track_access: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
+        """Read `RETAIN_*` variables; `env_file` (a `.env`) fills what the environment leaves unset."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).exists():
+            values.update(_read_env_file(Path(env_file)))
+        values.update(os.environ if environ is None else environ)
+        settings = cls()
+        updates: dict[str, object] = {}
+        if v := values.get("RETAIN_STORE"):
+            updates["store"] = v
+        if v := values.get("RETAIN_EMBEDDER"):
+            updates["embedder"] = v
+        if v := values.get("RETAIN_LLM"):
+            updates["llm"] = v
+        if v := values.get("RETAIN_MAX_MESSAGE_CHARS"):
+            updates["max_message_chars"] = _positive_int("RETAIN_MAX_MESSAGE_CHARS", v)
+        if v := values.get("RETAIN_MAX_MESSAGES_PER_ADD"):
+            updates["max_messages_per_add"] = _positive_int("RETAIN_MAX_MESSAGES_PER_ADD", v)
+        if v := values.get("RETAIN_EMBED_THREADS"):
+            updates["embed_threads"] = _positive_int("RETAIN_EMBED_THREADS", v)
+        if v := values.get("RETAIN_CATEGORIES"):
+            cats = tuple(c.strip() for c in v.split(",") if c.strip())
+            if not cats:
+                raise ConfigError("RETAIN_CATEGORIES is empty: give a comma-separated list such as 'preference,fact'.")
+            updates["categories"] = cats
+        if v := values.get("RETAIN_TRACK_ACCESS"):
+            updates["track_access"] = _bool("RETAIN_TRACK_ACCESS", v)
+        return replace(settings, **updates)  # type: ignore[arg-type]
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer.") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be a positive integer.")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use true, false, 1 or 0.")
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {stripped!r}.")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values

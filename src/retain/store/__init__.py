@@ -1,0 +1,32 @@
+"""Store backends and the factory that picks one from a URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import Store
+from .sqlite import SQLiteStore
+
+__all__ = ["SQLiteStore", "Store", "open_store", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///relative.db`, `sqlite:////absolute.db`, or a plain file path."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    if "://" in url:
+        raise ConfigError(f"{url!r} is not a SQLite URL; use sqlite:///path/to/retain.db or a file path.")
+    return Path(url)
+
+
+def open_store(url: str, *, dimensions: int, embedder_id: str) -> Store:
+    """Open (and migrate) the store named by `url`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "The PostgreSQL backend is not part of this build yet; use RETAIN_STORE=sqlite:///path/to/retain.db."
+        )
+    path = sqlite_path(url)
+    if str(path) in ("", ":memory:"):
+        raise ConfigError("An in-memory SQLite store cannot be shared across threads; give a file path.")
+    return SQLiteStore(path, dimensions=dimensions, embedder_id=embedder_id)

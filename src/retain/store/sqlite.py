@@ -1,0 +1,693 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+Memories, events, messages and jobs are plain tables; vectors live in a
+sqlite-vec `vec0` table partitioned by (tenant, user), and keywords in a
+contentless FTS5 table. Everything commits in one transaction.
+
+Keyword terms are tokenised here (porter stemming over unicode61) and stored
+with a short prefix derived from the partition and from whether the memory is
+current, e.g. `k3f9a2x1qc` + `berlin`. A user's query then reads only that
+user's postings, so keyword search costs the same at 1k or 1M memories in
+total, and superseded versions never crowd out current ones. BM25's document
+frequencies become per-user, which suits per-user retrieval.
+
+Python's own sqlite3 cannot load extensions on many builds; apsw can, and
+ships a current SQLite with FTS5 on every platform.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import apsw
+import numpy as np
+import sqlite_vec
+
+from ..errors import StoreError
+from ..filters import And, Condition, Filter, Not, Or
+from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
+from ..timeutil import from_micros, opt_from_micros
+from .base import Candidate, NewMemory, Store, Vector, WriteBatch
+from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
+
+BUSY_TIMEOUT_MS = 60_000
+MAX_QUERY_TERMS = 64
+PARTITIONS_PER_QUERY = 32
+
+_MEMORY_COLUMNS = (
+    "m.id, m.text, m.category, m.metadata, m.user_id, m.agent_id, m.run_id, m.hash, m.created_at, "
+    "m.updated_at, m.valid_from, m.valid_to, m.superseded_by, m.source_message_ids, m.access_count, "
+    "m.last_accessed_at, m.expires_at"
+)
+
+
+def partition_of(tenant_id: str, user_id: str | None) -> str:
+    return f"{tenant_id}\x1f{user_id or ''}"
+
+
+def term_prefix(partition: str, current: bool) -> str:
+    digest = hashlib.blake2b(partition.encode(), digest_size=6).digest()
+    return base64.b32encode(digest).decode().lower().rstrip("=")[:9] + ("c" if current else "h")
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path, *, dimensions: int, embedder_id: str) -> None:
+        self.path = Path(path)
+        self.dimensions = dimensions
+        self._embedder_id = embedder_id
+        self._local = threading.local()
+        self._connections: list[apsw.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    # -- connections and transactions ------------------------------------------------
+
+    def _db(self) -> apsw.Connection:
+        if self._closed:
+            raise StoreError("This store is closed; open a new Memory.")
+        db: apsw.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = apsw.Connection(str(self.path))
+            except apsw.Error as exc:
+                raise StoreError(f"Cannot open {self.path}: {exc}") from exc
+            db.set_busy_timeout(BUSY_TIMEOUT_MS)
+            db.enable_load_extension(True)
+            db.load_extension(sqlite_vec.loadable_path())
+            db.enable_load_extension(False)
+            db.execute(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; "
+                "PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;"
+            )
+            self._local.db = db
+            self._local.tokenizer = db.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[apsw.Connection]:
+        """A write transaction that takes the lock up front, so it never deadlocks on upgrade."""
+        db = self._db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except apsw.Error as exc:
+            raise StoreError(f"Cannot start a write on {self.path}: {exc}") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except apsw.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"Commit failed on {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)"
+            )
+            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            if applied:
+                meta = dict(db.execute("SELECT key, value FROM store_meta").fetchall())
+                if meta.get("embedder") != self._embedder_id or meta.get("dimensions") != str(self.dimensions):
+                    raise StoreError(
+                        f"{self.path} holds vectors from embedder {meta.get('embedder')!r} "
+                        f"({meta.get('dimensions')} dimensions), not {self._embedder_id!r} ({self.dimensions}). "
+                        "Open it with the embedder it was built with (RETAIN_EMBEDDER), or export it and "
+                        "import into a new store to re-embed."
+                    )
+            if len(applied) > len(MIGRATIONS):
+                raise StoreError(f"{self.path} was written by a newer Retain; upgrade retain to open it.")
+            ctx = SchemaContext(dimensions=self.dimensions)
+            for version, migration in enumerate(MIGRATIONS, start=1):
+                if version not in applied:
+                    migration(db, ctx)
+                    db.execute(
+                        "INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,)
+                    )
+            db.execute(
+                "INSERT OR IGNORE INTO store_meta VALUES ('embedder', ?), ('dimensions', ?)",
+                (self._embedder_id, str(self.dimensions)),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+
+    # -- keyword terms ----------------------------------------------------------------
+
+    def _tokens(self, text: str) -> list[str]:
+        self._db()
+        tokens: list[str] = self._local.tokenizer(
+            text.encode(), apsw.FTS5_TOKENIZE_DOCUMENT, None, include_offsets=False, include_colocated=False
+        )
+        return tokens
+
+    def _terms(self, partition: str, text: str, current: bool) -> str:
+        prefix = term_prefix(partition, current)
+        return " ".join(prefix + token for token in self._tokens(text))
+
+    # -- writes -----------------------------------------------------------------------
+
+    def write(self, tenant_id: str, batch: WriteBatch) -> None:
+        with self._write() as db:
+            for msg in batch.messages:
+                s = msg.scope
+                db.execute(
+                    "INSERT INTO messages (id, tenant_id, user_id, agent_id, run_id, role, name, content, "
+                    "metadata, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (msg.id, tenant_id, s.user_id, s.agent_id, s.run_id, msg.role, msg.name, msg.content,
+                     json.dumps(msg.metadata), msg.created_at),
+                )
+            for mem in batch.memories:
+                self._insert_memory(db, tenant_id, mem, batch.at)
+            for sup in batch.supersede:
+                self._end_validity(db, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id)
+            for inv in batch.invalidate:
+                self._end_validity(db, tenant_id, inv.id, inv.valid_to, batch.at, None)
+            for id in batch.touch:
+                db.execute(
+                    "UPDATE memories SET updated_at = ? WHERE id = ? AND tenant_id = ?", (batch.at, id, tenant_id)
+                )
+            for ev in batch.events:
+                s = ev.scope
+                db.execute(
+                    "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, "
+                    "event, old_text, new_text, reason, actor, source_message_ids, created_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (tenant_id, ev.memory_id, ev.lineage_id, s.user_id, s.agent_id, s.run_id, ev.event,
+                     ev.old_text, ev.new_text, ev.reason, ev.actor, json.dumps(ev.source_message_ids), batch.at),
+                )
+
+    def _insert_memory(self, db: apsw.Connection, tenant_id: str, mem: NewMemory, at: int) -> None:
+        s = mem.scope
+        db.execute(
+            "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, "
+            "metadata, hash, created_at, updated_at, valid_from, source_message_ids, expires_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (mem.id, tenant_id, s.user_id, s.agent_id, s.run_id, mem.lineage_id, mem.text, mem.category,
+             json.dumps(mem.metadata), mem.hash, at, at, mem.valid_from, json.dumps(mem.source_message_ids),
+             mem.expires_at),
+        )
+        rowid = db.last_insert_rowid()
+        partition = partition_of(tenant_id, s.user_id)
+        db.execute(
+            "INSERT INTO memory_vectors (memory_rowid, partition, embedding, agent_id, run_id, valid_from, "
+            "valid_to) VALUES (?,?,?,?,?,?,?)",
+            (rowid, partition, np.asarray(mem.embedding, dtype=np.float32).tobytes(), s.agent_id or "",
+             s.run_id or "", mem.valid_from, OPEN_END),
+        )
+        db.execute(
+            "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, mem.text, True))
+        )
+
+    def _end_validity(
+        self, db: apsw.Connection, tenant_id: str, id: str, valid_to: int, at: int, superseded_by: str | None
+    ) -> None:
+        row = db.execute(
+            "SELECT rowid, user_id, text FROM memories WHERE id = ? AND tenant_id = ? AND valid_to IS NULL",
+            (id, tenant_id),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"Memory {id!r} is not current any more (changed concurrently); retry the operation.")
+        rowid, user_id, text = row
+        db.execute(
+            "UPDATE memories SET valid_to = ?, superseded_by = ?, updated_at = ? WHERE rowid = ?",
+            (valid_to, superseded_by, at, rowid),
+        )
+        db.execute("UPDATE memory_vectors SET valid_to = ? WHERE memory_rowid = ?", (valid_to, rowid))
+        partition = partition_of(tenant_id, user_id)
+        db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
+        db.execute("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, text, False)))
+
+    def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
+        if not counts:
+            return
+        with self._write() as db:
+            db.executemany(
+                "UPDATE memories SET access_count = access_count + ?, "
+                "last_accessed_at = max(coalesce(last_accessed_at, 0), ?) WHERE id = ? AND tenant_id = ?",
+                [(n, at, id, tenant_id) for id, n in counts.items()],
+            )
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get(self, tenant_id: str, ids: Sequence[str]) -> list[MemoryRecord]:
+        if not ids:
+            return []
+        rows = self._db().execute(
+            f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE m.tenant_id = ? "
+            "AND m.id IN (SELECT value FROM json_each(?))",
+            (tenant_id, json.dumps(list(ids))),
+        ).fetchall()
+        by_id = {row[0]: _record(row) for row in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def lineage_id(self, tenant_id: str, id: str) -> str | None:
+        row = self._db().execute(
+            "SELECT lineage_id FROM memories WHERE id = ? AND tenant_id = ?", (id, tenant_id)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def list_memories(
+        self, scope: Scope, where: Filter | None, include_superseded: bool, limit: int, after: int | None
+    ) -> tuple[list[MemoryRecord], int | None]:
+        sql, params = _scope_sql(scope)
+        if not include_superseded:
+            sql += " AND m.valid_to IS NULL"
+        if where is not None:
+            fsql, fparams = _compile(where)
+            sql += f" AND {fsql}"
+            params += fparams
+        if after is not None:
+            sql += " AND m.rowid < ?"
+            params.append(after)
+        rows = self._db().execute(
+            f"SELECT {_MEMORY_COLUMNS}, m.rowid FROM memories m WHERE {sql} ORDER BY m.rowid DESC LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        page = rows[:limit]
+        next_after = int(page[-1][-1]) if len(rows) > limit else None
+        return [_record(row) for row in page], next_after
+
+    def vector_search(
+        self, scope: Scope, vector: Vector, k: int, where: Filter | None, as_of: int | None, now: int
+    ) -> list[Candidate]:
+        sql = "SELECT memory_rowid, distance FROM memory_vectors WHERE embedding MATCH ? AND k = ?"
+        params: list[Any] = [np.asarray(vector, dtype=np.float32).tobytes(), k]
+        if scope.user_id is not None:
+            sql += " AND partition = ?"
+            params.append(partition_of(scope.tenant_id, scope.user_id))
+        else:
+            sql += " AND partition >= ? AND partition < ?"
+            params += [f"{scope.tenant_id}\x1f", f"{scope.tenant_id}\x20"]
+        for column in ("agent_id", "run_id"):
+            value = getattr(scope, column)
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if as_of is None:
+            sql += " AND valid_to = ?"
+            params.append(OPEN_END)
+        else:
+            sql += " AND valid_from <= ? AND valid_to > ?"
+            params += [as_of, as_of]
+        if where is not None:
+            ssql, sparams = _scope_sql(scope)
+            fsql, fparams = _compile(where)
+            sql += f" AND memory_rowid IN (SELECT m.rowid FROM memories m WHERE {ssql} AND {fsql})"
+            params += sparams + fparams
+        db = self._db()
+        hits = db.execute(sql, params).fetchall()
+        return self._candidates(db, scope, [(rowid, 1.0 - distance) for rowid, distance in hits], now)
+
+    def keyword_search(
+        self, scope: Scope, query: str, k: int, where: Filter | None, as_of: int | None, now: int
+    ) -> list[Candidate]:
+        tokens = list(dict.fromkeys(self._tokens(query)))[:MAX_QUERY_TERMS]
+        if not tokens:
+            return []
+        db = self._db()
+        if scope.user_id is not None:
+            partitions = [partition_of(scope.tenant_id, scope.user_id)]
+        else:
+            ssql, sparams = _scope_sql(scope)
+            partitions = [
+                partition_of(scope.tenant_id, row[0])
+                for row in db.execute(f"SELECT DISTINCT m.user_id FROM memories m WHERE {ssql}", sparams)
+            ]
+        ssql, sparams = _scope_sql(scope)
+        validity, vparams = _validity_sql(as_of)
+        extra, eparams = ("", []) if where is None else _compile(where)
+        scored: list[tuple[int, float]] = []
+        for start in range(0, len(partitions), PARTITIONS_PER_QUERY):
+            prefixes = [term_prefix(p, True) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
+            if as_of is not None:
+                prefixes += [term_prefix(p, False) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
+            match = " OR ".join(f'"{prefix}{token}"' for prefix in prefixes for token in tokens)
+            sql = (
+                "SELECT m.rowid, -bm25(memory_fts) AS score FROM memory_fts JOIN memories m "
+                f"ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? AND {ssql} AND {validity}"
+                + (f" AND {extra}" if extra else "")
+                + " ORDER BY bm25(memory_fts) LIMIT ?"
+            )
+            scored += db.execute(sql, (match, *sparams, *vparams, *eparams, k)).fetchall()
+        scored.sort(key=lambda pair: -pair[1])
+        return self._candidates(db, scope, scored[:k], now)
+
+    def _candidates(
+        self, db: apsw.Connection, scope: Scope, scored: list[tuple[int, float]], now: int
+    ) -> list[Candidate]:
+        """Map rowids to ids, re-checking scope and expiry (defence in depth for isolation)."""
+        if not scored:
+            return []
+        ssql, sparams = _scope_sql(scope)
+        rows = db.execute(
+            f"SELECT m.rowid, m.id FROM memories m WHERE m.rowid IN (SELECT value FROM json_each(?)) "
+            f"AND {ssql} AND (m.expires_at IS NULL OR m.expires_at > ?)",
+            (json.dumps([rowid for rowid, _ in scored]), *sparams, now),
+        ).fetchall()
+        ids = dict(rows)
+        return [Candidate(ids[rowid], float(score)) for rowid, score in scored if rowid in ids]
+
+    def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
+        if not ids:
+            return {}
+        rows = self._db().execute(
+            "SELECT m.id, vec_distance_cosine(v.embedding, ?) FROM memories m JOIN memory_vectors v "
+            "ON v.memory_rowid = m.rowid WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+            (np.asarray(vector, dtype=np.float32).tobytes(), tenant_id, json.dumps(list(ids))),
+        ).fetchall()
+        return {id: 1.0 - distance for id, distance in rows}
+
+    def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
+        if not ids:
+            return {}
+        rows = self._db().execute(
+            "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+            "WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+            (tenant_id, json.dumps(list(ids))),
+        ).fetchall()
+        return {id: np.frombuffer(blob, dtype=np.float32).copy() for id, blob in rows}
+
+    def history(self, tenant_id: str, lineage_id: str) -> list[HistoryEntry]:
+        rows = self._db().execute(
+            "SELECT memory_id, event, old_text, new_text, reason, actor, source_message_ids, created_at "
+            "FROM memory_events WHERE tenant_id = ? AND lineage_id = ? ORDER BY rowid",
+            (tenant_id, lineage_id),
+        ).fetchall()
+        return [
+            HistoryEntry(
+                memory_id=r[0], event=r[1], old_memory=r[2], new_memory=r[3], reason=r[4], actor=r[5],
+                source_message_ids=json.loads(r[6]), created_at=from_micros(r[7]),
+            )
+            for r in rows
+        ]
+
+    # -- purges -----------------------------------------------------------------------
+
+    def purge_lineage(self, tenant_id: str, lineage_id: str) -> PurgeCounts:
+        with self._write() as db:
+            rowids = [r[0] for r in db.execute(
+                "SELECT rowid FROM memories WHERE tenant_id = ? AND lineage_id = ?", (tenant_id, lineage_id)
+            )]
+            counts = self._purge_rowids(db, rowids)
+            db.execute(
+                "DELETE FROM memory_events WHERE tenant_id = ? AND lineage_id = ?", (tenant_id, lineage_id)
+            )
+            return counts.model_copy(update={"events": db.changes()})
+
+    def purge_scope(self, scope: Scope) -> PurgeCounts:
+        ssql, sparams = _scope_sql(scope)
+        with self._write() as db:
+            lineages = json.dumps([r[0] for r in db.execute(
+                f"SELECT DISTINCT m.lineage_id FROM memories m WHERE {ssql}", sparams
+            )])
+            rowids = [r[0] for r in db.execute(f"SELECT m.rowid FROM memories m WHERE {ssql}", sparams)]
+            counts = self._purge_rowids(db, rowids)
+            db.execute(
+                f"DELETE FROM memory_events AS m WHERE {ssql} OR (m.tenant_id = ? AND m.lineage_id IN "
+                "(SELECT value FROM json_each(?)))",
+                (*sparams, scope.tenant_id, lineages),
+            )
+            events = db.changes()
+            db.execute(f"DELETE FROM messages AS m WHERE {ssql}", sparams)
+            messages = db.changes()
+            db.execute(f"DELETE FROM jobs AS m WHERE {ssql}", sparams)
+            jobs = db.changes()
+            return counts.model_copy(update={"events": events, "messages": messages, "jobs": jobs})
+
+    def _purge_rowids(self, db: apsw.Connection, rowids: list[int]) -> PurgeCounts:
+        ids = json.dumps(rowids)
+        db.execute("DELETE FROM memory_vectors WHERE memory_rowid IN (SELECT value FROM json_each(?))", (ids,))
+        vectors = db.changes()
+        db.execute("DELETE FROM memory_fts WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
+        keyword_rows = db.changes()
+        db.execute("DELETE FROM memories WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
+        return PurgeCounts(memories=db.changes(), vectors=vectors, keyword_rows=keyword_rows)
+
+    # -- messages ---------------------------------------------------------------------
+
+    def messages(self, scope: Scope, limit: int | None) -> list[ChatMessage]:
+        ssql, sparams = _scope_sql(scope)
+        rows = self._db().execute(
+            "SELECT m.id, m.role, m.content, m.name, m.user_id, m.agent_id, m.run_id, m.metadata, m.created_at "
+            f"FROM messages m WHERE {ssql} ORDER BY m.rowid DESC LIMIT ?",
+            (*sparams, -1 if limit is None else limit),
+        ).fetchall()
+        return [
+            ChatMessage(
+                id=r[0], role=r[1], content=r[2], name=r[3], user_id=r[4], agent_id=r[5], run_id=r[6],
+                metadata=json.loads(r[7]), created_at=from_micros(r[8]),
+            )
+            for r in reversed(rows)
+        ]
+
+    def delete_messages(self, scope: Scope) -> int:
+        ssql, sparams = _scope_sql(scope)
+        with self._write() as db:
+            db.execute(f"DELETE FROM messages AS m WHERE {ssql}", sparams)
+            return db.changes()
+
+    # -- export and import ------------------------------------------------------------
+
+    def export_rows(self, tenant_id: str) -> Iterator[dict[str, Any]]:
+        db = self._db()
+        db.execute("BEGIN")  # one snapshot for the whole export
+        try:
+            for r in db.execute(
+                "SELECT m.id, m.user_id, m.agent_id, m.run_id, m.lineage_id, m.text, m.category, m.metadata, "
+                "m.hash, m.created_at, m.updated_at, m.valid_from, m.valid_to, m.superseded_by, "
+                "m.source_message_ids, m.access_count, m.last_accessed_at, m.expires_at, v.embedding "
+                "FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+                "WHERE m.tenant_id = ? ORDER BY m.rowid",
+                (tenant_id,),
+            ):
+                yield {
+                    "type": "memory", "id": r[0], "user_id": r[1], "agent_id": r[2], "run_id": r[3],
+                    "lineage_id": r[4], "text": r[5], "category": r[6], "metadata": json.loads(r[7]),
+                    "hash": r[8], "created_at": r[9], "updated_at": r[10], "valid_from": r[11],
+                    "valid_to": r[12], "superseded_by": r[13], "source_message_ids": json.loads(r[14]),
+                    "access_count": r[15], "last_accessed_at": r[16], "expires_at": r[17],
+                    "embedding": base64.b64encode(r[18]).decode(),
+                }
+            for r in db.execute(
+                "SELECT memory_id, lineage_id, user_id, agent_id, run_id, event, old_text, new_text, reason, "
+                "actor, source_message_ids, created_at FROM memory_events WHERE tenant_id = ? ORDER BY rowid",
+                (tenant_id,),
+            ):
+                yield {
+                    "type": "event", "memory_id": r[0], "lineage_id": r[1], "user_id": r[2], "agent_id": r[3],
+                    "run_id": r[4], "event": r[5], "old_text": r[6], "new_text": r[7], "reason": r[8],
+                    "actor": r[9], "source_message_ids": json.loads(r[10]), "created_at": r[11],
+                }
+            for r in db.execute(
+                "SELECT id, user_id, agent_id, run_id, role, name, content, metadata, created_at FROM messages "
+                "WHERE tenant_id = ? ORDER BY rowid",
+                (tenant_id,),
+            ):
+                yield {
+                    "type": "message", "id": r[0], "user_id": r[1], "agent_id": r[2], "run_id": r[3],
+                    "role": r[4], "name": r[5], "content": r[6], "metadata": json.loads(r[7]), "created_at": r[8],
+                }
+        finally:
+            db.execute("COMMIT")
+
+    def import_rows(self, tenant_id: str, rows: Sequence[dict[str, Any]], embeddings: Vector) -> int:
+        inserted = 0
+        vectors = iter(embeddings)
+        with self._write() as db:
+            skipped_lineages: set[str] = set()
+            for row in rows:
+                kind = row["type"]
+                if kind == "memory":
+                    vector = next(vectors)
+                    if db.execute("SELECT 1 FROM memories WHERE id = ?", (row["id"],)).fetchone():
+                        skipped_lineages.add(row["lineage_id"])
+                        continue
+                    self._import_memory(db, tenant_id, row, vector)
+                    inserted += 1
+                elif kind == "event":
+                    if row["lineage_id"] in skipped_lineages:
+                        continue
+                    db.execute(
+                        "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, "
+                        "event, old_text, new_text, reason, actor, source_message_ids, created_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (tenant_id, row["memory_id"], row["lineage_id"], row["user_id"], row["agent_id"],
+                         row["run_id"], row["event"], row["old_text"], row["new_text"], row["reason"],
+                         row["actor"], json.dumps(row["source_message_ids"]), row["created_at"]),
+                    )
+                elif kind == "message":
+                    db.execute(
+                        "INSERT OR IGNORE INTO messages (id, tenant_id, user_id, agent_id, run_id, role, name, "
+                        "content, metadata, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (row["id"], tenant_id, row["user_id"], row["agent_id"], row["run_id"], row["role"],
+                         row["name"], row["content"], json.dumps(row["metadata"]), row["created_at"]),
+                    )
+                    inserted += db.changes()
+        return inserted
+
+    def _import_memory(self, db: apsw.Connection, tenant_id: str, row: dict[str, Any], vector: Vector) -> None:
+        db.execute(
+            "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, "
+            "hash, created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
+            "last_accessed_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (row["id"], tenant_id, row["user_id"], row["agent_id"], row["run_id"], row["lineage_id"], row["text"],
+             row["category"], json.dumps(row["metadata"]), row["hash"], row["created_at"], row["updated_at"],
+             row["valid_from"], row["valid_to"], row["superseded_by"], json.dumps(row["source_message_ids"]),
+             row["access_count"], row["last_accessed_at"], row["expires_at"]),
+        )
+        rowid = db.last_insert_rowid()
+        partition = partition_of(tenant_id, row["user_id"])
+        current = row["valid_to"] is None
+        db.execute(
+            "INSERT INTO memory_vectors (memory_rowid, partition, embedding, agent_id, run_id, valid_from, "
+            "valid_to) VALUES (?,?,?,?,?,?,?)",
+            (rowid, partition, np.asarray(vector, dtype=np.float32).tobytes(), row["agent_id"] or "",
+             row["run_id"] or "", row["valid_from"], OPEN_END if current else row["valid_to"]),
+        )
+        db.execute(
+            "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)",
+            (rowid, self._terms(partition, row["text"], current)),
+        )
+
+    # -- integrity --------------------------------------------------------------------
+
+    def check_integrity(self) -> list[str]:
+        db = self._db()
+        problems = [f"sqlite: {r[0]}" for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        checks = {
+            "memory without a vector": "SELECT m.id FROM memories m WHERE NOT EXISTS "
+            "(SELECT 1 FROM memory_vectors v WHERE v.memory_rowid = m.rowid)",
+            "vector without a memory": "SELECT v.memory_rowid FROM memory_vectors v WHERE NOT EXISTS "
+            "(SELECT 1 FROM memories m WHERE m.rowid = v.memory_rowid)",
+            "memory without a keyword row": "SELECT m.id FROM memories m WHERE NOT EXISTS "
+            "(SELECT 1 FROM memory_fts_docsize d WHERE d.id = m.rowid)",
+            "keyword row without a memory": "SELECT d.id FROM memory_fts_docsize d WHERE NOT EXISTS "
+            "(SELECT 1 FROM memories m WHERE m.rowid = d.id)",
+            "memory without events": "SELECT m.id FROM memories m WHERE NOT EXISTS "
+            "(SELECT 1 FROM memory_events e WHERE e.memory_id = m.id)",
+            "superseded_by points nowhere": "SELECT m.id FROM memories m WHERE m.superseded_by IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM memories n WHERE n.id = m.superseded_by)",
+            "vector validity differs from memory": "SELECT m.id FROM memories m JOIN memory_vectors v "
+            f"ON v.memory_rowid = m.rowid WHERE v.valid_to != coalesce(m.valid_to, {OPEN_END})",
+        }
+        for label, sql in checks.items():
+            problems += [f"{label}: {r[0]}" for r in db.execute(sql)]
+        return problems
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table, for diagnostics and tests."""
+        db = self._db()
+        return {
+            table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            for table in ("memories", "memory_events", "messages", "jobs", "memory_vectors", "memory_fts_docsize")
+        }
+
+
+def _record(r: Sequence[Any]) -> MemoryRecord:
+    return MemoryRecord(
+        id=r[0], memory=r[1], category=r[2], metadata=json.loads(r[3]), user_id=r[4], agent_id=r[5], run_id=r[6],
+        hash=r[7], created_at=from_micros(r[8]), updated_at=from_micros(r[9]), valid_from=from_micros(r[10]),
+        valid_to=opt_from_micros(r[11]), superseded_by=r[12], source_message_ids=json.loads(r[13]),
+        access_count=r[14], last_accessed_at=opt_from_micros(r[15]), expires_at=opt_from_micros(r[16]),
+    )
+
+
+def _scope_sql(scope: Scope, alias: str = "m") -> tuple[str, list[Any]]:
+    parts = [f"{alias}.tenant_id = ?"]
+    params: list[Any] = [scope.tenant_id]
+    for column in ("user_id", "agent_id", "run_id"):
+        value = getattr(scope, column)
+        if value is not None:
+            parts.append(f"{alias}.{column} = ?")
+            params.append(value)
+    return "(" + " AND ".join(parts) + ")", params
+
+
+def _validity_sql(as_of: int | None) -> tuple[str, list[Any]]:
+    if as_of is None:
+        return "m.valid_to IS NULL", []
+    return "(m.valid_from <= ? AND (m.valid_to IS NULL OR m.valid_to > ?))", [as_of, as_of]
+
+
+# -- filters -> SQL -------------------------------------------------------------------------
+
+def _compile(node: Filter) -> tuple[str, list[Any]]:
+    if isinstance(node, And | Or):
+        parts = [_compile(p) for p in node.parts]
+        joiner = " AND " if isinstance(node, And) else " OR "
+        return "(" + joiner.join(s for s, _ in parts) + ")", [p for _, ps in parts for p in ps]
+    if isinstance(node, Not):
+        sql, params = _compile(node.part)
+        return f"(NOT {sql})", params
+    return _compile_condition(node)
+
+
+def _compile_condition(c: Condition) -> tuple[str, list[Any]]:
+    if c.column is not None:
+        return _compile_column(c)
+    path = "$" + "".join(f'."{segment}"' for segment in c.path)
+    value_sql, type_sql = "json_extract(m.metadata, ?)", "json_type(m.metadata, ?)"
+    if c.op in ("eq", "ne"):
+        sql, params = _json_eq(value_sql, type_sql, path, c.value)
+        return (sql, params) if c.op == "eq" else (f"(NOT {sql})", params)
+    if c.op in ("in", "nin"):
+        parts = [_json_eq(value_sql, type_sql, path, v) for v in c.value]
+        sql = "(" + " OR ".join(s for s, _ in parts) + ")"
+        params = [p for _, ps in parts for p in ps]
+        return (sql, params) if c.op == "in" else (f"(NOT {sql})", params)
+    if c.op == "contains":
+        element, eparams = _json_eq("je.value", "je.type", None, c.value)
+        sql = f"({type_sql} = 'array' AND EXISTS (SELECT 1 FROM json_each(m.metadata, ?) je WHERE {element}))"
+        params = [path, path, *eparams]
+        if isinstance(c.value, str):
+            sql = f"(({type_sql} = 'text' AND instr({value_sql}, ?) > 0) OR {sql})"
+            params = [path, path, c.value, *params]
+        return sql, params
+    operator = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
+    types = "('integer', 'real')" if isinstance(c.value, int | float) else "('text')"
+    return f"({type_sql} IN {types} AND {value_sql} {operator} ?)", [path, path, c.value]
+
+
+def _json_eq(value_sql: str, type_sql: str, path: str | None, value: Any) -> tuple[str, list[Any]]:
+    """Type-strict equality of a JSON value; `path` is bound once per placeholder when given."""
+    bind = [] if path is None else [path]
+    if value is None:
+        return f"({type_sql} IS NULL OR {type_sql} = 'null')", bind * 2
+    if isinstance(value, bool):
+        return f"({type_sql} = '{'true' if value else 'false'}')", bind
+    types = "('integer', 'real')" if isinstance(value, int | float) else "('text')"
+    return f"({type_sql} IN {types} AND {value_sql} = ?)", [*bind, *bind, value]
+
+
+def _compile_column(c: Condition) -> tuple[str, list[Any]]:
+    column = f"m.{c.column}"
+    if c.op == "eq":
+        return f"({column} IS ?)", [c.value]
+    if c.op == "ne":
+        return f"({column} IS NOT ?)", [c.value]
+    if c.op in ("in", "nin"):
+        marks = ", ".join("?" for _ in c.value)
+        sql = f"({column} IN ({marks}))"
+        return (sql, list(c.value)) if c.op == "in" else (f"({column} IS NULL OR NOT {sql})", list(c.value))
+    if c.op == "contains":
+        return f"(instr({column}, ?) > 0)", [str(c.value)]
+    operator = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[c.op]
+    return f"({column} {operator} ?)", [c.value]

@@ -1,0 +1,145 @@
+"""SQLite migrations: numbered functions, applied in order when a store opens.
+
+Each runs inside the opening transaction and is recorded in
+`schema_migrations`, so a half-applied migration never persists. Add new ones
+at the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import apsw
+
+#: Stands in for "still valid" in the vector index, whose metadata columns hold no NULLs.
+OPEN_END = (1 << 62) - 1
+
+
+@dataclass(frozen=True)
+class SchemaContext:
+    dimensions: int
+
+
+def _m001_core(db: apsw.Connection, ctx: SchemaContext) -> None:
+    db.execute(
+        """
+        CREATE TABLE memories (
+            rowid INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            tenant_id TEXT NOT NULL,
+            user_id TEXT,
+            agent_id TEXT,
+            run_id TEXT,
+            lineage_id TEXT NOT NULL,
+            text TEXT NOT NULL,
+            category TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            hash TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            valid_from INTEGER NOT NULL,
+            valid_to INTEGER,
+            superseded_by TEXT,
+            source_message_ids TEXT NOT NULL DEFAULT '[]',
+            access_count INTEGER NOT NULL DEFAULT 0,
+            last_accessed_at INTEGER,
+            expires_at INTEGER
+        );
+        CREATE INDEX memories_user ON memories (tenant_id, user_id, rowid);
+        CREATE INDEX memories_agent ON memories (tenant_id, agent_id, rowid);
+        CREATE INDEX memories_run ON memories (tenant_id, run_id, rowid);
+        CREATE INDEX memories_lineage ON memories (lineage_id);
+        CREATE INDEX memories_hash ON memories (tenant_id, hash);
+
+        CREATE TABLE memory_events (
+            rowid INTEGER PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            memory_id TEXT NOT NULL,
+            lineage_id TEXT NOT NULL,
+            user_id TEXT,
+            agent_id TEXT,
+            run_id TEXT,
+            event TEXT NOT NULL,
+            old_text TEXT,
+            new_text TEXT,
+            reason TEXT,
+            actor TEXT NOT NULL,
+            source_message_ids TEXT NOT NULL DEFAULT '[]',
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX memory_events_lineage ON memory_events (lineage_id, rowid);
+        CREATE INDEX memory_events_memory ON memory_events (memory_id);
+
+        CREATE TABLE messages (
+            rowid INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            tenant_id TEXT NOT NULL,
+            user_id TEXT,
+            agent_id TEXT,
+            run_id TEXT,
+            role TEXT NOT NULL,
+            name TEXT,
+            content TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX messages_user ON messages (tenant_id, user_id, rowid);
+        CREATE INDEX messages_agent ON messages (tenant_id, agent_id, rowid);
+        CREATE INDEX messages_run ON messages (tenant_id, run_id, rowid);
+
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            user_id TEXT,
+            agent_id TEXT,
+            run_id TEXT,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL DEFAULT 5,
+            run_after INTEGER NOT NULL,
+            locked_until INTEGER,
+            last_error TEXT,
+            result TEXT,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        );
+        CREATE INDEX jobs_due ON jobs (status, run_after);
+        CREATE INDEX jobs_scope ON jobs (tenant_id, user_id);
+
+        CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """
+    )
+
+
+def _m002_indexes(db: apsw.Connection, ctx: SchemaContext) -> None:
+    # Vectors are partitioned by tenant and user so a user's KNN scans only that user's
+    # chunks; small chunks keep many small partitions from bloating the file.
+    db.execute(
+        f"""
+        CREATE VIRTUAL TABLE memory_vectors USING vec0(
+            memory_rowid INTEGER PRIMARY KEY,
+            partition TEXT PARTITION KEY,
+            embedding float[{ctx.dimensions}] distance_metric=cosine,
+            agent_id TEXT,
+            run_id TEXT,
+            valid_from INTEGER,
+            valid_to INTEGER,
+            chunk_size=64
+        );
+        """
+    )
+    # Keyword terms are stored pre-tokenised with a per-partition prefix (see
+    # SQLiteStore._terms), so one user's query reads only that user's postings.
+    db.execute(
+        """
+        CREATE VIRTUAL TABLE memory_fts USING fts5(
+            terms, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 0'
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[apsw.Connection, SchemaContext], None]] = [_m001_core, _m002_indexes]
