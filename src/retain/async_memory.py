@@ -19,10 +19,10 @@ R = TypeVar("R")
 
 
 def _awaitable(method: Callable[Concatenate[Memory, P], R]) -> Callable[Concatenate[AsyncMemory, P], Awaitable[R]]:
-    @functools.wraps(method)
-    async def run(self: AsyncMemory, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def run(self: AsyncMemory, /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await asyncio.to_thread(method, self.sync, *args, **kwargs)
 
+    functools.update_wrapper(run, method)
     return run
 
 

@@ -165,7 +165,9 @@ class Memory:
                 f"Memory {id!r} is no longer current (superseded by {old.superseded_by!r}); update that one.",
                 field="id",
             )
-        new_text = old.memory if text is None else check_text(text, field="text", max_chars=self.settings.max_message_chars)
+        new_text = (
+            old.memory if text is None else check_text(text, field="text", max_chars=self.settings.max_message_chars)
+        )
         new_meta = old.metadata if metadata is None else check_metadata(metadata)
         if new_text == old.memory:
             vector = self.store.vectors(self.tenant_id, [id])[id]
@@ -342,15 +344,20 @@ class Memory:
         return make_scope(self.tenant_id, user_id, agent_id, run_id)
 
     def _embed_query_uncached(self, query: str) -> Vector:
-        vector = self.embedder.embed([query])[0]
+        vector: Vector = self.embedder.embed([query])[0]
         vector.setflags(write=False)
         return vector
 
     @staticmethod
     def _new_message(scope: Scope, message: Message, at: int) -> NewMessage:
         return NewMessage(
-            id=new_id(), scope=scope, role=message.role, content=message.content, name=message.name,
-            metadata=message.metadata, created_at=at,
+            id=new_id(),
+            scope=scope,
+            role=message.role,
+            content=message.content,
+            name=message.name,
+            metadata=message.metadata,
+            created_at=at,
         )
 
     @staticmethod
@@ -367,8 +374,16 @@ class Memory:
     ) -> NewMemory:
         id = new_id()
         return NewMemory(
-            id=id, lineage_id=lineage or id, scope=scope, text=text, category=category, metadata=metadata,
-            hash=text_hash(text), valid_from=valid_from, source_message_ids=sources, embedding=vector,
+            id=id,
+            lineage_id=lineage or id,
+            scope=scope,
+            text=text,
+            category=category,
+            metadata=metadata,
+            hash=text_hash(text),
+            valid_from=valid_from,
+            source_message_ids=sources,
+            embedding=vector,
         )
 
     @staticmethod
@@ -376,24 +391,47 @@ class Memory:
         memory: NewMemory, event: str, old: str | None, new: str | None, reason: str, sources: list[str]
     ) -> NewEvent:
         return NewEvent(
-            memory_id=memory.id, lineage_id=memory.lineage_id, scope=memory.scope, event=event, old_text=old,
-            new_text=new, reason=reason, actor="api", source_message_ids=sources,
+            memory_id=memory.id,
+            lineage_id=memory.lineage_id,
+            scope=memory.scope,
+            event=event,
+            old_text=old,
+            new_text=new,
+            reason=reason,
+            actor="api",
+            source_message_ids=sources,
         )
 
 
 def _hit(record: MemoryRecord, score: float, scores: dict[str, float] | None) -> Hit:
     return Hit(
-        id=record.id, memory=record.memory, score=score, category=record.category, metadata=record.metadata,
-        user_id=record.user_id, agent_id=record.agent_id, run_id=record.run_id, created_at=record.created_at,
-        valid_from=record.valid_from, valid_to=record.valid_to, source=record.source_message_ids, scores=scores,
+        id=record.id,
+        memory=record.memory,
+        score=score,
+        category=record.category,
+        metadata=record.metadata,
+        user_id=record.user_id,
+        agent_id=record.agent_id,
+        run_id=record.run_id,
+        created_at=record.created_at,
+        valid_from=record.valid_from,
+        valid_to=record.valid_to,
+        source=record.source_message_ids,
+        scores=scores,
     )
 
 
 def _chat_message(stored: NewMessage) -> ChatMessage:
     s = stored.scope
     return ChatMessage(
-        id=stored.id, role=stored.role, content=stored.content, name=stored.name,  # type: ignore[arg-type]
-        user_id=s.user_id, agent_id=s.agent_id, run_id=s.run_id, metadata=stored.metadata,
+        id=stored.id,
+        role=stored.role,
+        content=stored.content,
+        name=stored.name,
+        user_id=s.user_id,
+        agent_id=s.agent_id,
+        run_id=s.run_id,
+        metadata=stored.metadata,
         created_at=from_micros(stored.created_at),
     )
 

@@ -24,10 +24,12 @@ class Embedder(ABC):
         """Embed `texts` in order. An empty input gives an array of shape (0, dimensions)."""
 
     def embed_one(self, text: str) -> Vectors:
-        return self.embed([text])[0]
+        vector: Vectors = self.embed([text])[0]
+        return vector
 
 
 def normalise(vectors: npt.NDArray[np.floating]) -> Vectors:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32, copy=False)
+    out: Vectors = (vectors / norms).astype(np.float32, copy=False)
+    return out

@@ -94,7 +94,9 @@ class AnthropicLLM(LLM):
     ) -> None:
         env = os.environ if env is None else env
         if not model:
-            raise ConfigError("No Anthropic model given: use a spec such as anthropic:claude-3-5-haiku-latest")
+            raise ConfigError(
+                "No Anthropic model given: use a spec such as anthropic:claude-3-5-haiku-latest"
+            )
         key = api_key or env_value(env, _KEY_ENV)
         if key is None:
             raise ConfigError(f"{_KEY_ENV} is not set: export it, or pass api_key=...")
@@ -147,7 +149,9 @@ class AnthropicLLM(LLM):
                 self._chunks(response, wrapped=wrapped), model=self.model, prompt_chars=prompt_chars(checked)
             )
         try:
-            return self._parse(read_json(response, self.name), as_tool=tool_schema is not None, wrapped=wrapped)
+            return self._parse(
+                read_json(response, self.name), as_tool=tool_schema is not None, wrapped=wrapped
+            )
         finally:
             response.close()
 
@@ -179,7 +183,9 @@ class AnthropicLLM(LLM):
         try:
             parsed = _Response.model_validate(data)
         except ValidationError as exc:
-            raise ProviderError(f"{self.name} returned an unexpected body: {exc}", provider=self.name) from exc
+            raise ProviderError(
+                f"{self.name} returned an unexpected body: {exc}", provider=self.name
+            ) from exc
         if as_tool:
             calls = [b for b in parsed.content if b.type == "tool_use" and b.name == _TOOL_NAME]
             if not calls:
@@ -283,4 +289,3 @@ def tool_input_schema(schema: JSONSchema) -> tuple[JSONSchema, bool]:
     if schema.get("type") == "object":
         return schema, False
     return {"type": "object", "properties": {"value": schema}, "required": ["value"]}, True
-

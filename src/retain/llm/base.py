@@ -194,6 +194,7 @@ class LLM(ABC):
 
     def close(self) -> None:
         """Release connections or a loaded model. The instance may not be used afterwards."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={getattr(self, 'model', '')!r})"

@@ -216,13 +216,17 @@ class OpenAILLM(LLM):
         try:
             parsed = _Response.model_validate(data)
         except ValidationError as exc:
-            raise ProviderError(f"{self.name} returned an unexpected body: {exc}", provider=self.name) from exc
+            raise ProviderError(
+                f"{self.name} returned an unexpected body: {exc}", provider=self.name
+            ) from exc
         if not parsed.choices:
             raise ProviderError(f"{self.name} returned no choices", provider=self.name)
         choice = parsed.choices[0]
         if choice.message.content is None:
             reason = choice.message.refusal or f"finish_reason={choice.finish_reason}"
-            raise ProviderError(f"{self.name} returned no text ({reason})", provider=self.name, retryable=False)
+            raise ProviderError(
+                f"{self.name} returned no text ({reason})", provider=self.name, retryable=False
+            )
         text = choice.message.content
         if parsed.usage is not None:
             usage = Usage(

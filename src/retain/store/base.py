@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..filters import Filter
-from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
+from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Role, Scope
 
 Vector = npt.NDArray[np.float32]
 
@@ -27,7 +27,7 @@ Vector = npt.NDArray[np.float32]
 class NewMessage:
     id: str
     scope: Scope
-    role: str
+    role: Role
     content: str
     name: str | None
     metadata: dict[str, Any]
@@ -171,7 +171,7 @@ class Store(ABC):
 
     @abstractmethod
     def import_rows(self, tenant_id: str, rows: Sequence[dict[str, Any]], embeddings: Vector) -> int:
-        """Insert exported rows (memories need `embeddings`, one row each, in order); skip ids already present."""
+        """Insert exported rows in one transaction; memories take `embeddings` in order. Ids must be new."""
 
     @abstractmethod
     def check_integrity(self) -> list[str]:

@@ -71,10 +71,10 @@ class SQLiteStore(Store):
 
     # -- connections and transactions ------------------------------------------------
 
-    def _db(self) -> apsw.Connection:
+    def _db(self) -> Any:  # apsw.Connection; its row types are too loose for positional unpacking
         if self._closed:
             raise StoreError("This store is closed; open a new Memory.")
-        db: apsw.Connection | None = getattr(self._local, "db", None)
+        db: Any | None = getattr(self._local, "db", None)
         if db is None:
             try:
                 db = apsw.Connection(str(self.path))
@@ -95,7 +95,7 @@ class SQLiteStore(Store):
         return db
 
     @contextmanager
-    def _write(self) -> Iterator[apsw.Connection]:
+    def _write(self) -> Iterator[Any]:
         """A write transaction that takes the lock up front, so it never deadlocks on upgrade."""
         db = self._db()
         try:
@@ -115,9 +115,7 @@ class SQLiteStore(Store):
 
     def _migrate(self) -> None:
         with self._write() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)"
-            )
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
             applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
             if applied:
                 meta = dict(db.execute("SELECT key, value FROM store_meta").fetchall())
@@ -134,9 +132,7 @@ class SQLiteStore(Store):
             for version, migration in enumerate(MIGRATIONS, start=1):
                 if version not in applied:
                     migration(db, ctx)
-                    db.execute(
-                        "INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,)
-                    )
+                    db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,))
             db.execute(
                 "INSERT OR IGNORE INTO store_meta VALUES ('embedder', ?), ('dimensions', ?)",
                 (self._embedder_id, str(self.dimensions)),
@@ -171,8 +167,18 @@ class SQLiteStore(Store):
                 db.execute(
                     "INSERT INTO messages (id, tenant_id, user_id, agent_id, run_id, role, name, content, "
                     "metadata, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (msg.id, tenant_id, s.user_id, s.agent_id, s.run_id, msg.role, msg.name, msg.content,
-                     json.dumps(msg.metadata), msg.created_at),
+                    (
+                        msg.id,
+                        tenant_id,
+                        s.user_id,
+                        s.agent_id,
+                        s.run_id,
+                        msg.role,
+                        msg.name,
+                        msg.content,
+                        json.dumps(msg.metadata),
+                        msg.created_at,
+                    ),
                 )
             for mem in batch.memories:
                 self._insert_memory(db, tenant_id, mem, batch.at)
@@ -190,34 +196,68 @@ class SQLiteStore(Store):
                     "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, "
                     "event, old_text, new_text, reason, actor, source_message_ids, created_at) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (tenant_id, ev.memory_id, ev.lineage_id, s.user_id, s.agent_id, s.run_id, ev.event,
-                     ev.old_text, ev.new_text, ev.reason, ev.actor, json.dumps(ev.source_message_ids), batch.at),
+                    (
+                        tenant_id,
+                        ev.memory_id,
+                        ev.lineage_id,
+                        s.user_id,
+                        s.agent_id,
+                        s.run_id,
+                        ev.event,
+                        ev.old_text,
+                        ev.new_text,
+                        ev.reason,
+                        ev.actor,
+                        json.dumps(ev.source_message_ids),
+                        batch.at,
+                    ),
                 )
 
-    def _insert_memory(self, db: apsw.Connection, tenant_id: str, mem: NewMemory, at: int) -> None:
+    def _insert_memory(self, db: Any, tenant_id: str, mem: NewMemory, at: int) -> None:
         s = mem.scope
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, "
             "metadata, hash, created_at, updated_at, valid_from, source_message_ids, expires_at) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (mem.id, tenant_id, s.user_id, s.agent_id, s.run_id, mem.lineage_id, mem.text, mem.category,
-             json.dumps(mem.metadata), mem.hash, at, at, mem.valid_from, json.dumps(mem.source_message_ids),
-             mem.expires_at),
+            (
+                mem.id,
+                tenant_id,
+                s.user_id,
+                s.agent_id,
+                s.run_id,
+                mem.lineage_id,
+                mem.text,
+                mem.category,
+                json.dumps(mem.metadata),
+                mem.hash,
+                at,
+                at,
+                mem.valid_from,
+                json.dumps(mem.source_message_ids),
+                mem.expires_at,
+            ),
         )
         rowid = db.last_insert_rowid()
         partition = partition_of(tenant_id, s.user_id)
         db.execute(
             "INSERT INTO memory_vectors (memory_rowid, partition, embedding, agent_id, run_id, valid_from, "
             "valid_to) VALUES (?,?,?,?,?,?,?)",
-            (rowid, partition, np.asarray(mem.embedding, dtype=np.float32).tobytes(), s.agent_id or "",
-             s.run_id or "", mem.valid_from, OPEN_END),
+            (
+                rowid,
+                partition,
+                np.asarray(mem.embedding, dtype=np.float32).tobytes(),
+                s.agent_id or "",
+                s.run_id or "",
+                mem.valid_from,
+                OPEN_END,
+            ),
         )
         db.execute(
             "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, mem.text, True))
         )
 
     def _end_validity(
-        self, db: apsw.Connection, tenant_id: str, id: str, valid_to: int, at: int, superseded_by: str | None
+        self, db: Any, tenant_id: str, id: str, valid_to: int, at: int, superseded_by: str | None
     ) -> None:
         row = db.execute(
             "SELECT rowid, user_id, text FROM memories WHERE id = ? AND tenant_id = ? AND valid_to IS NULL",
@@ -250,18 +290,24 @@ class SQLiteStore(Store):
     def get(self, tenant_id: str, ids: Sequence[str]) -> list[MemoryRecord]:
         if not ids:
             return []
-        rows = self._db().execute(
-            f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE m.tenant_id = ? "
-            "AND m.id IN (SELECT value FROM json_each(?))",
-            (tenant_id, json.dumps(list(ids))),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE m.tenant_id = ? "
+                "AND m.id IN (SELECT value FROM json_each(?))",
+                (tenant_id, json.dumps(list(ids))),
+            )
+            .fetchall()
+        )
         by_id = {row[0]: _record(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def lineage_id(self, tenant_id: str, id: str) -> str | None:
-        row = self._db().execute(
-            "SELECT lineage_id FROM memories WHERE id = ? AND tenant_id = ?", (id, tenant_id)
-        ).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT lineage_id FROM memories WHERE id = ? AND tenant_id = ?", (id, tenant_id))
+            .fetchone()
+        )
         return None if row is None else str(row[0])
 
     def list_memories(
@@ -277,10 +323,14 @@ class SQLiteStore(Store):
         if after is not None:
             sql += " AND m.rowid < ?"
             params.append(after)
-        rows = self._db().execute(
-            f"SELECT {_MEMORY_COLUMNS}, m.rowid FROM memories m WHERE {sql} ORDER BY m.rowid DESC LIMIT ?",
-            (*params, limit + 1),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_MEMORY_COLUMNS}, m.rowid FROM memories m WHERE {sql} ORDER BY m.rowid DESC LIMIT ?",
+                (*params, limit + 1),
+            )
+            .fetchall()
+        )
         page = rows[:limit]
         next_after = int(page[-1][-1]) if len(rows) > limit else None
         return [_record(row) for row in page], next_after
@@ -350,9 +400,7 @@ class SQLiteStore(Store):
         scored.sort(key=lambda pair: -pair[1])
         return self._candidates(db, scope, scored[:k], now)
 
-    def _candidates(
-        self, db: apsw.Connection, scope: Scope, scored: list[tuple[int, float]], now: int
-    ) -> list[Candidate]:
+    def _candidates(self, db: Any, scope: Scope, scored: list[tuple[int, float]], now: int) -> list[Candidate]:
         """Map rowids to ids, re-checking scope and expiry (defence in depth for isolation)."""
         if not scored:
             return []
@@ -368,33 +416,51 @@ class SQLiteStore(Store):
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
         if not ids:
             return {}
-        rows = self._db().execute(
-            "SELECT m.id, vec_distance_cosine(v.embedding, ?) FROM memories m JOIN memory_vectors v "
-            "ON v.memory_rowid = m.rowid WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
-            (np.asarray(vector, dtype=np.float32).tobytes(), tenant_id, json.dumps(list(ids))),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT m.id, vec_distance_cosine(v.embedding, ?) FROM memories m JOIN memory_vectors v "
+                "ON v.memory_rowid = m.rowid WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+                (np.asarray(vector, dtype=np.float32).tobytes(), tenant_id, json.dumps(list(ids))),
+            )
+            .fetchall()
+        )
         return {id: 1.0 - distance for id, distance in rows}
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:
             return {}
-        rows = self._db().execute(
-            "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
-            "WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
-            (tenant_id, json.dumps(list(ids))),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+                "WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+                (tenant_id, json.dumps(list(ids))),
+            )
+            .fetchall()
+        )
         return {id: np.frombuffer(blob, dtype=np.float32).copy() for id, blob in rows}
 
     def history(self, tenant_id: str, lineage_id: str) -> list[HistoryEntry]:
-        rows = self._db().execute(
-            "SELECT memory_id, event, old_text, new_text, reason, actor, source_message_ids, created_at "
-            "FROM memory_events WHERE tenant_id = ? AND lineage_id = ? ORDER BY rowid",
-            (tenant_id, lineage_id),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT memory_id, event, old_text, new_text, reason, actor, source_message_ids, created_at "
+                "FROM memory_events WHERE tenant_id = ? AND lineage_id = ? ORDER BY rowid",
+                (tenant_id, lineage_id),
+            )
+            .fetchall()
+        )
         return [
             HistoryEntry(
-                memory_id=r[0], event=r[1], old_memory=r[2], new_memory=r[3], reason=r[4], actor=r[5],
-                source_message_ids=json.loads(r[6]), created_at=from_micros(r[7]),
+                memory_id=r[0],
+                event=r[1],
+                old_memory=r[2],
+                new_memory=r[3],
+                reason=r[4],
+                actor=r[5],
+                source_message_ids=json.loads(r[6]),
+                created_at=from_micros(r[7]),
             )
             for r in rows
         ]
@@ -403,21 +469,22 @@ class SQLiteStore(Store):
 
     def purge_lineage(self, tenant_id: str, lineage_id: str) -> PurgeCounts:
         with self._write() as db:
-            rowids = [r[0] for r in db.execute(
-                "SELECT rowid FROM memories WHERE tenant_id = ? AND lineage_id = ?", (tenant_id, lineage_id)
-            )]
+            rowids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT rowid FROM memories WHERE tenant_id = ? AND lineage_id = ?", (tenant_id, lineage_id)
+                )
+            ]
             counts = self._purge_rowids(db, rowids)
-            db.execute(
-                "DELETE FROM memory_events WHERE tenant_id = ? AND lineage_id = ?", (tenant_id, lineage_id)
-            )
+            db.execute("DELETE FROM memory_events WHERE tenant_id = ? AND lineage_id = ?", (tenant_id, lineage_id))
             return counts.model_copy(update={"events": db.changes()})
 
     def purge_scope(self, scope: Scope) -> PurgeCounts:
         ssql, sparams = _scope_sql(scope)
         with self._write() as db:
-            lineages = json.dumps([r[0] for r in db.execute(
-                f"SELECT DISTINCT m.lineage_id FROM memories m WHERE {ssql}", sparams
-            )])
+            lineages = json.dumps(
+                [r[0] for r in db.execute(f"SELECT DISTINCT m.lineage_id FROM memories m WHERE {ssql}", sparams)]
+            )
             rowids = [r[0] for r in db.execute(f"SELECT m.rowid FROM memories m WHERE {ssql}", sparams)]
             counts = self._purge_rowids(db, rowids)
             db.execute(
@@ -432,7 +499,7 @@ class SQLiteStore(Store):
             jobs = db.changes()
             return counts.model_copy(update={"events": events, "messages": messages, "jobs": jobs})
 
-    def _purge_rowids(self, db: apsw.Connection, rowids: list[int]) -> PurgeCounts:
+    def _purge_rowids(self, db: Any, rowids: list[int]) -> PurgeCounts:
         ids = json.dumps(rowids)
         db.execute("DELETE FROM memory_vectors WHERE memory_rowid IN (SELECT value FROM json_each(?))", (ids,))
         vectors = db.changes()
@@ -445,15 +512,26 @@ class SQLiteStore(Store):
 
     def messages(self, scope: Scope, limit: int | None) -> list[ChatMessage]:
         ssql, sparams = _scope_sql(scope)
-        rows = self._db().execute(
-            "SELECT m.id, m.role, m.content, m.name, m.user_id, m.agent_id, m.run_id, m.metadata, m.created_at "
-            f"FROM messages m WHERE {ssql} ORDER BY m.rowid DESC LIMIT ?",
-            (*sparams, -1 if limit is None else limit),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT m.id, m.role, m.content, m.name, m.user_id, m.agent_id, m.run_id, m.metadata, m.created_at "
+                f"FROM messages m WHERE {ssql} ORDER BY m.rowid DESC LIMIT ?",
+                (*sparams, -1 if limit is None else limit),
+            )
+            .fetchall()
+        )
         return [
             ChatMessage(
-                id=r[0], role=r[1], content=r[2], name=r[3], user_id=r[4], agent_id=r[5], run_id=r[6],
-                metadata=json.loads(r[7]), created_at=from_micros(r[8]),
+                id=r[0],
+                role=r[1],
+                content=r[2],
+                name=r[3],
+                user_id=r[4],
+                agent_id=r[5],
+                run_id=r[6],
+                metadata=json.loads(r[7]),
+                created_at=from_micros(r[8]),
             )
             for r in reversed(rows)
         ]
@@ -462,7 +540,7 @@ class SQLiteStore(Store):
         ssql, sparams = _scope_sql(scope)
         with self._write() as db:
             db.execute(f"DELETE FROM messages AS m WHERE {ssql}", sparams)
-            return db.changes()
+            return int(db.changes())
 
     # -- export and import ------------------------------------------------------------
 
@@ -479,11 +557,25 @@ class SQLiteStore(Store):
                 (tenant_id,),
             ):
                 yield {
-                    "type": "memory", "id": r[0], "user_id": r[1], "agent_id": r[2], "run_id": r[3],
-                    "lineage_id": r[4], "text": r[5], "category": r[6], "metadata": json.loads(r[7]),
-                    "hash": r[8], "created_at": r[9], "updated_at": r[10], "valid_from": r[11],
-                    "valid_to": r[12], "superseded_by": r[13], "source_message_ids": json.loads(r[14]),
-                    "access_count": r[15], "last_accessed_at": r[16], "expires_at": r[17],
+                    "type": "memory",
+                    "id": r[0],
+                    "user_id": r[1],
+                    "agent_id": r[2],
+                    "run_id": r[3],
+                    "lineage_id": r[4],
+                    "text": r[5],
+                    "category": r[6],
+                    "metadata": json.loads(r[7]),
+                    "hash": r[8],
+                    "created_at": r[9],
+                    "updated_at": r[10],
+                    "valid_from": r[11],
+                    "valid_to": r[12],
+                    "superseded_by": r[13],
+                    "source_message_ids": json.loads(r[14]),
+                    "access_count": r[15],
+                    "last_accessed_at": r[16],
+                    "expires_at": r[17],
                     "embedding": base64.b64encode(r[18]).decode(),
                 }
             for r in db.execute(
@@ -492,9 +584,19 @@ class SQLiteStore(Store):
                 (tenant_id,),
             ):
                 yield {
-                    "type": "event", "memory_id": r[0], "lineage_id": r[1], "user_id": r[2], "agent_id": r[3],
-                    "run_id": r[4], "event": r[5], "old_text": r[6], "new_text": r[7], "reason": r[8],
-                    "actor": r[9], "source_message_ids": json.loads(r[10]), "created_at": r[11],
+                    "type": "event",
+                    "memory_id": r[0],
+                    "lineage_id": r[1],
+                    "user_id": r[2],
+                    "agent_id": r[3],
+                    "run_id": r[4],
+                    "event": r[5],
+                    "old_text": r[6],
+                    "new_text": r[7],
+                    "reason": r[8],
+                    "actor": r[9],
+                    "source_message_ids": json.loads(r[10]),
+                    "created_at": r[11],
                 }
             for r in db.execute(
                 "SELECT id, user_id, agent_id, run_id, role, name, content, metadata, created_at FROM messages "
@@ -502,8 +604,16 @@ class SQLiteStore(Store):
                 (tenant_id,),
             ):
                 yield {
-                    "type": "message", "id": r[0], "user_id": r[1], "agent_id": r[2], "run_id": r[3],
-                    "role": r[4], "name": r[5], "content": r[6], "metadata": json.loads(r[7]), "created_at": r[8],
+                    "type": "message",
+                    "id": r[0],
+                    "user_id": r[1],
+                    "agent_id": r[2],
+                    "run_id": r[3],
+                    "role": r[4],
+                    "name": r[5],
+                    "content": r[6],
+                    "metadata": json.loads(r[7]),
+                    "created_at": r[8],
                 }
         finally:
             db.execute("COMMIT")
@@ -512,46 +622,79 @@ class SQLiteStore(Store):
         inserted = 0
         vectors = iter(embeddings)
         with self._write() as db:
-            skipped_lineages: set[str] = set()
             for row in rows:
                 kind = row["type"]
                 if kind == "memory":
-                    vector = next(vectors)
-                    if db.execute("SELECT 1 FROM memories WHERE id = ?", (row["id"],)).fetchone():
-                        skipped_lineages.add(row["lineage_id"])
-                        continue
-                    self._import_memory(db, tenant_id, row, vector)
+                    self._import_memory(db, tenant_id, row, next(vectors))
                     inserted += 1
                 elif kind == "event":
-                    if row["lineage_id"] in skipped_lineages:
-                        continue
                     db.execute(
                         "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, "
                         "event, old_text, new_text, reason, actor, source_message_ids, created_at) "
                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (tenant_id, row["memory_id"], row["lineage_id"], row["user_id"], row["agent_id"],
-                         row["run_id"], row["event"], row["old_text"], row["new_text"], row["reason"],
-                         row["actor"], json.dumps(row["source_message_ids"]), row["created_at"]),
+                        (
+                            tenant_id,
+                            row["memory_id"],
+                            row["lineage_id"],
+                            row["user_id"],
+                            row["agent_id"],
+                            row["run_id"],
+                            row["event"],
+                            row["old_text"],
+                            row["new_text"],
+                            row["reason"],
+                            row["actor"],
+                            json.dumps(row["source_message_ids"]),
+                            row["created_at"],
+                        ),
                     )
+                    inserted += 1
                 elif kind == "message":
                     db.execute(
                         "INSERT OR IGNORE INTO messages (id, tenant_id, user_id, agent_id, run_id, role, name, "
                         "content, metadata, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (row["id"], tenant_id, row["user_id"], row["agent_id"], row["run_id"], row["role"],
-                         row["name"], row["content"], json.dumps(row["metadata"]), row["created_at"]),
+                        (
+                            row["id"],
+                            tenant_id,
+                            row["user_id"],
+                            row["agent_id"],
+                            row["run_id"],
+                            row["role"],
+                            row["name"],
+                            row["content"],
+                            json.dumps(row["metadata"]),
+                            row["created_at"],
+                        ),
                     )
                     inserted += db.changes()
         return inserted
 
-    def _import_memory(self, db: apsw.Connection, tenant_id: str, row: dict[str, Any], vector: Vector) -> None:
+    def _import_memory(self, db: Any, tenant_id: str, row: dict[str, Any], vector: Vector) -> None:
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, "
             "hash, created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
             "last_accessed_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (row["id"], tenant_id, row["user_id"], row["agent_id"], row["run_id"], row["lineage_id"], row["text"],
-             row["category"], json.dumps(row["metadata"]), row["hash"], row["created_at"], row["updated_at"],
-             row["valid_from"], row["valid_to"], row["superseded_by"], json.dumps(row["source_message_ids"]),
-             row["access_count"], row["last_accessed_at"], row["expires_at"]),
+            (
+                row["id"],
+                tenant_id,
+                row["user_id"],
+                row["agent_id"],
+                row["run_id"],
+                row["lineage_id"],
+                row["text"],
+                row["category"],
+                json.dumps(row["metadata"]),
+                row["hash"],
+                row["created_at"],
+                row["updated_at"],
+                row["valid_from"],
+                row["valid_to"],
+                row["superseded_by"],
+                json.dumps(row["source_message_ids"]),
+                row["access_count"],
+                row["last_accessed_at"],
+                row["expires_at"],
+            ),
         )
         rowid = db.last_insert_rowid()
         partition = partition_of(tenant_id, row["user_id"])
@@ -559,8 +702,15 @@ class SQLiteStore(Store):
         db.execute(
             "INSERT INTO memory_vectors (memory_rowid, partition, embedding, agent_id, run_id, valid_from, "
             "valid_to) VALUES (?,?,?,?,?,?,?)",
-            (rowid, partition, np.asarray(vector, dtype=np.float32).tobytes(), row["agent_id"] or "",
-             row["run_id"] or "", row["valid_from"], OPEN_END if current else row["valid_to"]),
+            (
+                rowid,
+                partition,
+                np.asarray(vector, dtype=np.float32).tobytes(),
+                row["agent_id"] or "",
+                row["run_id"] or "",
+                row["valid_from"],
+                OPEN_END if current else row["valid_to"],
+            ),
         )
         db.execute(
             "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)",
@@ -603,10 +753,23 @@ class SQLiteStore(Store):
 
 def _record(r: Sequence[Any]) -> MemoryRecord:
     return MemoryRecord(
-        id=r[0], memory=r[1], category=r[2], metadata=json.loads(r[3]), user_id=r[4], agent_id=r[5], run_id=r[6],
-        hash=r[7], created_at=from_micros(r[8]), updated_at=from_micros(r[9]), valid_from=from_micros(r[10]),
-        valid_to=opt_from_micros(r[11]), superseded_by=r[12], source_message_ids=json.loads(r[13]),
-        access_count=r[14], last_accessed_at=opt_from_micros(r[15]), expires_at=opt_from_micros(r[16]),
+        id=r[0],
+        memory=r[1],
+        category=r[2],
+        metadata=json.loads(r[3]),
+        user_id=r[4],
+        agent_id=r[5],
+        run_id=r[6],
+        hash=r[7],
+        created_at=from_micros(r[8]),
+        updated_at=from_micros(r[9]),
+        valid_from=from_micros(r[10]),
+        valid_to=opt_from_micros(r[11]),
+        superseded_by=r[12],
+        source_message_ids=json.loads(r[13]),
+        access_count=r[14],
+        last_accessed_at=opt_from_micros(r[15]),
+        expires_at=opt_from_micros(r[16]),
     )
 
 
@@ -628,6 +791,7 @@ def _validity_sql(as_of: int | None) -> tuple[str, list[Any]]:
 
 
 # -- filters -> SQL -------------------------------------------------------------------------
+
 
 def _compile(node: Filter) -> tuple[str, list[Any]]:
     if isinstance(node, And | Or):

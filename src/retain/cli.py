@@ -1,0 +1,316 @@
+"""The `retain` command: noun groups and verbs over the same `Memory` API.
+
+User errors print one line to stderr and exit with status 1 (2 for bad
+input); no tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .errors import InvalidInputError, RetainError
+from .memory import Memory
+from .models import HistoryEntry, MemoryRecord
+from .settings import Settings
+from .transfer import export_jsonl, import_jsonl
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def scope_options(func: F) -> F:
+    for option in (
+        click.option("--run", "run_id", help="Session (run) id."),
+        click.option("--agent", "agent_id", help="Agent id."),
+        click.option("--user", "user_id", help="User id."),
+    ):
+        func = option(func)
+    return func
+
+
+@contextmanager
+def _memory(ctx: click.Context) -> Iterator[Memory]:
+    settings: Settings = ctx.obj["settings"]
+    with _errors():
+        memory = Memory(settings=settings, tenant_id=ctx.obj["tenant"])
+    try:
+        with _errors():
+            yield memory
+    finally:
+        memory.close()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except InvalidInputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except RetainError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _json_arg(raw: str | None, name: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc.msg}", param_hint=name) from None
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+@click.group()
+@click.option("--store", envvar="RETAIN_STORE", help="Store URL, e.g. sqlite:///retain.db (env RETAIN_STORE).")
+@click.option("--embedder", envvar="RETAIN_EMBEDDER", help="Embedder spec, e.g. local:minilm (env RETAIN_EMBEDDER).")
+@click.option("--tenant", default="default", show_default=True, help="Tenant to act in.")
+@click.pass_context
+def main(ctx: click.Context, store: str | None, embedder: str | None, tenant: str) -> None:
+    """Retain: long-term memory for LLM applications."""
+    with _errors():
+        settings = Settings.from_env()
+    overrides = {k: v for k, v in (("store", store), ("embedder", embedder)) if v}
+    if overrides:
+        settings = replace(settings, **overrides)
+    ctx.obj = {"settings": settings, "tenant": tenant}
+
+
+@main.group()
+def memories() -> None:
+    """Add, search, list, inspect and delete memories."""
+
+
+@memories.command("add")
+@click.argument("text")
+@scope_options
+@click.option("--metadata", help="JSON object stored with the memory.")
+@click.option("--at", help="When this was said (ISO-8601); defaults to now.")
+@click.option("--infer/--no-infer", default=False, show_default=True, help="Extract facts with the LLM.")
+@click.pass_context
+def memories_add(
+    ctx: click.Context,
+    text: str,
+    user_id: str | None,
+    agent_id: str | None,
+    run_id: str | None,
+    metadata: str | None,
+    at: str | None,
+    infer: bool,
+) -> None:
+    """Remember TEXT."""
+    with _memory(ctx) as memory:
+        result = memory.add(
+            text,
+            user_id=user_id,
+            agent_id=agent_id,
+            run_id=run_id,
+            metadata=_json_arg(metadata, "--metadata"),
+            at=at,
+            infer=infer,
+        )
+        for event in result.results:
+            click.echo(f"{event.event:<6} {event.id}  {event.memory}")
+
+
+@memories.command("search")
+@click.argument("query")
+@scope_options
+@click.option("--limit", default=10, show_default=True)
+@click.option("--filters", help='JSON filter, e.g. \'{"category": "preference"}\'.')
+@click.option("--threshold", type=float, help="Minimum cosine similarity.")
+@click.option("--as-of", "as_of", help="Search what was valid at this time (ISO-8601).")
+@click.option("--explain", is_flag=True, help="Show each signal's score.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def memories_search(
+    ctx: click.Context,
+    query: str,
+    user_id: str | None,
+    agent_id: str | None,
+    run_id: str | None,
+    limit: int,
+    filters: str | None,
+    threshold: float | None,
+    as_of: str | None,
+    explain: bool,
+    as_json: bool,
+) -> None:
+    """Find the memories most relevant to QUERY."""
+    with _memory(ctx) as memory:
+        result = memory.search(
+            query,
+            user_id=user_id,
+            agent_id=agent_id,
+            run_id=run_id,
+            limit=limit,
+            filters=_json_arg(filters, "--filters"),
+            threshold=threshold,
+            as_of=as_of,
+            explain=explain,
+        )
+        if as_json:
+            _print_json(result.model_dump(mode="json"))
+            return
+        for hit in result.results:
+            line = f"{hit.score:.3f}  {hit.id}  {hit.memory}"
+            if hit.scores:
+                line += "  " + " ".join(f"{k}={v:.3f}" for k, v in hit.scores.items())
+            click.echo(line)
+
+
+@memories.command("list")
+@scope_options
+@click.option("--limit", default=100, show_default=True)
+@click.option("--cursor", help="Continue from a previous page.")
+@click.option("--all-versions", is_flag=True, help="Include superseded versions.")
+@click.option("--filters", help="JSON filter.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def memories_list(
+    ctx: click.Context,
+    user_id: str | None,
+    agent_id: str | None,
+    run_id: str | None,
+    limit: int,
+    cursor: str | None,
+    all_versions: bool,
+    filters: str | None,
+    as_json: bool,
+) -> None:
+    """List memories, newest first."""
+    with _memory(ctx) as memory:
+        page = memory.get_all(
+            user_id=user_id,
+            agent_id=agent_id,
+            run_id=run_id,
+            limit=limit,
+            cursor=cursor,
+            include_superseded=all_versions,
+            filters=_json_arg(filters, "--filters"),
+        )
+        if as_json:
+            _print_json(page.model_dump(mode="json"))
+            return
+        for record in page.results:
+            click.echo(_record_line(record))
+        if page.next_cursor:
+            click.echo(f"-- more: --cursor {page.next_cursor}", err=True)
+
+
+@memories.command("get")
+@click.argument("id")
+@click.pass_context
+def memories_get(ctx: click.Context, id: str) -> None:
+    """Show one memory version as JSON."""
+    with _memory(ctx) as memory:
+        _print_json(memory.get(id).model_dump(mode="json"))
+
+
+@memories.command("history")
+@click.argument("id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def memories_history(ctx: click.Context, id: str, as_json: bool) -> None:
+    """Show how a memory changed: every version, with reasons."""
+    with _memory(ctx) as memory:
+        entries = memory.history(id)
+        if as_json:
+            _print_json([e.model_dump(mode="json") for e in entries])
+            return
+        for entry in entries:
+            click.echo(_history_line(entry))
+
+
+@memories.command("delete")
+@click.argument("id", required=False)
+@scope_options
+@click.option("--all", "everything", is_flag=True, help="Purge everything in the given scope.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation with --all.")
+@click.pass_context
+def memories_delete(
+    ctx: click.Context,
+    id: str | None,
+    user_id: str | None,
+    agent_id: str | None,
+    run_id: str | None,
+    everything: bool,
+    yes: bool,
+) -> None:
+    """Purge memory ID (all its versions), or with --all everything in a scope."""
+    if (id is None) == (not everything):
+        raise click.UsageError("Give a memory ID, or --all with --user/--agent/--run.")
+    with _memory(ctx) as memory:
+        if everything:
+            if not yes:
+                click.confirm("Purge all memories, history and messages in this scope?", abort=True)
+            counts = memory.delete_all(user_id=user_id, agent_id=agent_id, run_id=run_id)
+        else:
+            assert id is not None
+            counts = memory.delete(id)
+        click.echo(" ".join(f"{k}={v}" for k, v in counts.model_dump().items()))
+
+
+@main.command("export")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="File (default: stdout).")
+@click.pass_context
+def export_command(ctx: click.Context, out_path: Path | None) -> None:
+    """Export every memory version, event and message as JSON Lines."""
+    with _memory(ctx) as memory:
+        if out_path is None:
+            count = export_jsonl(memory, sys.stdout)
+        else:
+            with out_path.open("w", encoding="utf-8") as out:
+                count = export_jsonl(memory, out)
+        click.echo(f"exported {count} rows", err=True)
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def import_command(ctx: click.Context, path: Path) -> None:
+    """Import a JSON Lines export (ids already present are skipped)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    with _memory(ctx) as memory, click.progressbar(length=max(len(lines) - 1, 0), label="importing") as bar:
+        counts = import_jsonl(memory, lines, progress=bar.update)
+    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@main.group()
+def store() -> None:
+    """Inspect the store."""
+
+
+@store.command("check")
+@click.pass_context
+def store_check(ctx: click.Context) -> None:
+    """Verify that every memory has its vector, keyword row and events."""
+    with _memory(ctx) as memory:
+        problems = memory.store.check_integrity()
+        for problem in problems:
+            click.echo(problem)
+        click.echo("ok" if not problems else f"{len(problems)} problems", err=bool(problems))
+        if problems:
+            sys.exit(1)
+
+
+def _record_line(record: MemoryRecord) -> str:
+    state = "" if record.valid_to is None else f"  (superseded {record.valid_to:%Y-%m-%d})"
+    return f"{record.id}  [{record.category or '-'}]  {record.memory}{state}"
+
+
+def _history_line(entry: HistoryEntry) -> str:
+    change = entry.new_memory if entry.old_memory is None else f"{entry.old_memory!r} -> {entry.new_memory!r}"
+    reason = f"  because: {entry.reason}" if entry.reason else ""
+    return f"{entry.created_at:%Y-%m-%d %H:%M:%S}  {entry.event:<6} {entry.memory_id}  {change}{reason}"

@@ -1,0 +1,170 @@
+"""Export and import as JSON Lines: lossless, including every version and event.
+
+The first line is a header naming the embedder. Memory lines carry their
+stored embedding (base64 float32), so importing into a store with the same
+embedder needs no re-embedding; with a different embedder, texts are
+re-embedded. Each line is validated before anything is written, and a
+malformed line fails with its line number. Ids already in the target are
+skipped together with their history, so importing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal, TextIO
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import InvalidInputError
+from .memory import Memory
+from .models import Role
+
+FORMAT = "retain-jsonl"
+VERSION = 1
+BATCH_ROWS = 500
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None
+    agent_id: str | None
+    run_id: str | None
+
+
+class MemoryRow(_Row):
+    type: Literal["memory"]
+    id: str
+    lineage_id: str
+    text: str
+    category: str | None
+    metadata: dict[str, Any]
+    hash: str
+    created_at: int
+    updated_at: int
+    valid_from: int
+    valid_to: int | None
+    superseded_by: str | None
+    source_message_ids: list[str]
+    access_count: int
+    last_accessed_at: int | None
+    expires_at: int | None
+    embedding: str
+
+
+class EventRow(_Row):
+    type: Literal["event"]
+    memory_id: str
+    lineage_id: str
+    event: str
+    old_text: str | None
+    new_text: str | None
+    reason: str | None
+    actor: str
+    source_message_ids: list[str]
+    created_at: int
+
+
+class MessageRow(_Row):
+    type: Literal["message"]
+    id: str
+    role: Role
+    name: str | None
+    content: str
+    metadata: dict[str, Any]
+    created_at: int
+
+
+_ROW_TYPES: dict[str, type[_Row]] = {"memory": MemoryRow, "event": EventRow, "message": MessageRow}
+
+
+def export_jsonl(memory: Memory, out: TextIO) -> int:
+    """Write the tenant's whole store to `out`; returns the number of data lines."""
+    header = {
+        "type": "header",
+        "format": FORMAT,
+        "version": VERSION,
+        "embedder": memory.embedder.model_id,
+        "dimensions": memory.embedder.dimensions,
+    }
+    out.write(json.dumps(header) + "\n")
+    count = 0
+    for row in memory.store.export_rows(memory.tenant_id):
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def parse_jsonl(lines: Iterable[str]) -> tuple[dict[str, Any], list[_Row]]:
+    """Validate every line; raise InvalidInputError naming the first bad line."""
+    header: dict[str, Any] | None = None
+    rows: list[_Row] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"line {number}: not JSON ({exc.msg}).") from None
+        kind = data.get("type") if isinstance(data, dict) else None
+        if header is None:
+            if kind != "header" or data.get("format") != FORMAT:
+                raise InvalidInputError(f"line {number}: expected a {FORMAT} header; is this a Retain export?")
+            if data.get("version") != VERSION:
+                raise InvalidInputError(f"line {number}: export version {data.get('version')} is not supported.")
+            header = data
+            continue
+        model = _ROW_TYPES.get(str(kind))
+        if model is None:
+            raise InvalidInputError(f"line {number}: unknown row type {kind!r}.")
+        try:
+            rows.append(model.model_validate(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidInputError(f"line {number}: {where}: {first['msg']}.") from None
+    if header is None:
+        raise InvalidInputError("The file is empty: expected a Retain export.")
+    return header, rows
+
+
+def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Import a Retain export into the memory's tenant; returns counts of imported and skipped rows."""
+    header, rows = parse_jsonl(lines)
+    same_space = header.get("embedder") == memory.embedder.model_id and header.get("dimensions") == (
+        memory.embedder.dimensions
+    )
+    memory_ids = [r.id for r in rows if isinstance(r, MemoryRow)]
+    existing = set()
+    for start in range(0, len(memory_ids), BATCH_ROWS):
+        existing |= {r.id for r in memory.store.get(memory.tenant_id, memory_ids[start : start + BATCH_ROWS])}
+    skipped_lineages = {r.lineage_id for r in rows if isinstance(r, MemoryRow) and r.id in existing}
+    kept = [r for r in rows if not (isinstance(r, MemoryRow | EventRow) and r.lineage_id in skipped_lineages)]
+    imported = reembedded = 0
+    for batch in _batches(kept, BATCH_ROWS):
+        texts = [r.text for r in batch if isinstance(r, MemoryRow)]
+        if same_space:
+            vectors = np.array(
+                [
+                    np.frombuffer(base64.b64decode(r.embedding), dtype=np.float32)
+                    for r in batch
+                    if isinstance(r, MemoryRow)
+                ],
+                dtype=np.float32,
+            ).reshape(len(texts), memory.embedder.dimensions)
+        else:
+            vectors = memory.embedder.embed(texts)
+            reembedded += len(texts)
+        memory.store.import_rows(memory.tenant_id, [r.model_dump() for r in batch], vectors)
+        imported += len(batch)
+        if progress is not None:
+            progress(len(batch))
+    return {"imported": imported, "skipped": len(rows) - len(kept), "reembedded": reembedded}
+
+
+def _batches(rows: list[_Row], size: int) -> Iterator[list[_Row]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
