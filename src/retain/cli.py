@@ -81,9 +81,7 @@ def main(ctx: click.Context, store: str | None, embedder: str | None, tenant: st
     """Retain: long-term memory for LLM applications."""
     with _errors():
         settings = Settings.from_env()
-    overrides = {k: v for k, v in (("store", store), ("embedder", embedder)) if v}
-    if overrides:
-        settings = replace(settings, **overrides)
+    settings = replace(settings, store=store or settings.store, embedder=embedder or settings.embedder)
     ctx.obj = {"settings": settings, "tenant": tenant}
 
 

@@ -801,7 +801,9 @@ def _compile(node: Filter) -> tuple[str, list[Any]]:
     if isinstance(node, Not):
         sql, params = _compile(node.part)
         return f"(NOT {sql})", params
-    return _compile_condition(node)
+    sql, params = _compile_condition(node)
+    # Two-valued logic: a missing key makes a condition false (not NULL), so NOT and OR behave.
+    return f"coalesce({sql}, 0)", params
 
 
 def _compile_condition(c: Condition) -> tuple[str, list[Any]]:
@@ -836,9 +838,9 @@ def _json_eq(value_sql: str, type_sql: str, path: str | None, value: Any) -> tup
     if value is None:
         return f"({type_sql} IS NULL OR {type_sql} = 'null')", bind * 2
     if isinstance(value, bool):
-        return f"({type_sql} = '{'true' if value else 'false'}')", bind
+        return f"coalesce({type_sql} = '{'true' if value else 'false'}', 0)", bind
     types = "('integer', 'real')" if isinstance(value, int | float) else "('text')"
-    return f"({type_sql} IN {types} AND {value_sql} = ?)", [*bind, *bind, value]
+    return f"coalesce({type_sql} IN {types} AND {value_sql} = ?, 0)", [*bind, *bind, value]
 
 
 def _compile_column(c: Condition) -> tuple[str, list[Any]]:

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from retain.cli import main
+
+
+@pytest.fixture
+def run(tmp_path: Path):  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    env = {"RETAIN_STORE": f"sqlite:///{tmp_path / 'cli.db'}", "RETAIN_EMBEDDER": "hash:32"}
+
+    def invoke(*args: str, code: int = 0, input: str | None = None) -> str:
+        result = runner.invoke(main, list(args), env=env, input=input)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return invoke
+
+
+def test_add_search_list_history_delete(run) -> None:  # type: ignore[no-untyped-def]
+    out = run("memories", "add", "I love tea", "--user", "alice", "--metadata", '{"k": 1}')
+    assert out.startswith("ADD")
+    run("memories", "add", "I live in Oslo", "--user", "alice")
+    hits = json.loads(run("memories", "search", "tea", "--user", "alice", "--json", "--explain"))["results"]
+    assert hits[0]["memory"] == "I love tea" and hits[0]["scores"]["vector_rank"] == 1.0
+    listed = json.loads(run("memories", "list", "--user", "alice", "--json"))["results"]
+    assert [r["memory"] for r in listed] == ["I live in Oslo", "I love tea"]
+    tea_id = listed[1]["id"]
+    assert "ADD" in run("memories", "history", tea_id)
+    assert json.loads(run("memories", "get", tea_id))["metadata"] == {"k": 1, "role": "user"}
+    assert "memories=1" in run("memories", "delete", tea_id)
+    assert "memories=1" in run("memories", "delete", "--all", "--user", "alice", "--yes")
+
+
+def test_user_errors_are_one_line(run) -> None:  # type: ignore[no-untyped-def]
+    out = run("memories", "search", "tea", code=2)
+    assert out.strip().startswith("error: No scope given") and "Traceback" not in out
+    assert "No memory with id" in run("memories", "get", "missing", code=1)
+    assert "Unknown filter operator 'like'" in run(
+        "memories", "list", "--user", "a", "--filters", '{"x": {"like": 1}}', code=2
+    )
+    assert "not valid JSON" in run("memories", "list", "--user", "a", "--filters", "{", code=2)
+    assert "Give a memory ID" in run("memories", "delete", code=2)
+
+
+def test_export_import_round_trip(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run("memories", "add", "I love tea", "--user", "alice")
+    out_file = tmp_path / "dump.jsonl"
+    run("export", "--out", str(out_file))
+    assert out_file.read_text().splitlines()[0].startswith('{"type": "header"')
+    runner = CliRunner()
+    env = {"RETAIN_STORE": f"sqlite:///{tmp_path / 'other.db'}", "RETAIN_EMBEDDER": "hash:32"}
+    result = runner.invoke(main, ["import", str(out_file)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "imported=3" in result.output
+    result = runner.invoke(main, ["store", "check"], env=env)
+    assert result.exit_code == 0 and "ok" in result.output

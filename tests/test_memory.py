@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from retain import InvalidInputError, Memory
+
+
+def test_add_raw_stores_each_message_with_its_source(memory: Memory) -> None:
+    result = memory.add(
+        ["I moved to Berlin", {"role": "assistant", "content": "Welcome to Berlin!", "name": "bot"}],
+        user_id="alice",
+        infer=False,
+        metadata={"source": "chat"},
+    )
+    assert [e.event for e in result.results] == ["ADD", "ADD"]
+    assert len(result.message_ids) == 2
+    first = memory.get(result.results[0].id)
+    assert first.memory == "I moved to Berlin"
+    assert first.metadata == {"source": "chat", "role": "user"}
+    assert first.source_message_ids == [result.message_ids[0]]
+    second = memory.get(result.results[1].id)
+    assert second.metadata == {"source": "chat", "role": "assistant", "name": "bot"}
+    assert [m.content for m in memory.sessions("r", user_id="alice").messages] == []
+    assert [m.id for m in memory.messages(_scope(memory, "alice"))] == result.message_ids
+
+
+def _scope(memory: Memory, user: str):  # type: ignore[no-untyped-def]
+    return memory._scope(user, None, None)
+
+
+def test_search_ranks_relevant_memory_first_and_explains(memory: Memory) -> None:
+    memory.add(["I love green tea", "My dog is called Rex", "I work as a nurse"], user_id="u", infer=False)
+    result = memory.search("what is my dog called", user_id="u", explain=True, limit=2)
+    assert len(result.results) == 2
+    top = result.results[0]
+    assert top.memory == "My dog is called Rex"
+    assert top.scores is not None and top.scores["vector_rank"] == 1.0 and top.scores["keyword_rank"] == 1.0
+    assert top.score == pytest.approx(1.0)
+    assert memory.search("dog", user_id="u").results[0].scores is None
+
+
+def test_keyword_only_match_is_found(memory: Memory) -> None:
+    memory.add(["order number A77X9 shipped", "the weather is nice"], user_id="u", infer=False)
+    hits = memory.search("A77X9", user_id="u", explain=True).results
+    assert hits[0].memory == "order number A77X9 shipped"
+    assert hits[0].scores is not None and hits[0].scores["bm25"] > 0
+
+
+def test_threshold_drops_dissimilar_memories(memory: Memory) -> None:
+    memory.add(["tea tea tea", "completely unrelated words here"], user_id="u", infer=False)
+    hits = memory.search("tea", user_id="u", threshold=0.5, explain=True).results
+    assert [h.memory for h in hits] == ["tea tea tea"]
+    assert all(h.scores and h.scores["vector"] >= 0.5 for h in hits)
+
+
+def test_update_supersedes_and_history_shows_the_chain(memory: Memory) -> None:
+    (added,) = memory.add("I love tea", user_id="u", infer=False).results
+    event = memory.update(added.id, text="I can't stand tea anymore", reason="user changed their mind")
+    assert event.event == "UPDATE" and event.previous_memory == "I love tea"
+    old, new = memory.get(added.id), memory.get(event.id)
+    assert old.valid_to is not None and old.superseded_by == new.id
+    assert new.valid_to is None and new.memory == "I can't stand tea anymore"
+    current = memory.get_all(user_id="u").results
+    assert [r.id for r in current] == [new.id]
+    everything = memory.get_all(user_id="u", include_superseded=True).results
+    assert {r.id for r in everything} == {old.id, new.id}
+    for id in (old.id, new.id):
+        history = memory.history(id)
+        assert [(h.event, h.old_memory, h.new_memory) for h in history] == [
+            ("ADD", None, "I love tea"),
+            ("UPDATE", "I love tea", "I can't stand tea anymore"),
+        ]
+        assert history[1].reason == "user changed their mind"
+    with pytest.raises(InvalidInputError, match="no longer current"):
+        memory.update(old.id, text="again")
+
+
+def test_search_sees_only_current_versions_unless_as_of(memory: Memory) -> None:
+    (added,) = memory.add("I love tea", user_id="u", infer=False).results
+    before = datetime.now(UTC)
+    time.sleep(0.01)
+    memory.update(added.id, text="I hate tea")
+    now_hits = [h.memory for h in memory.search("tea", user_id="u").results]
+    assert now_hits == ["I hate tea"]
+    past_hits = [h.memory for h in memory.search("tea", user_id="u", as_of=before).results]
+    assert past_hits == ["I love tea"]
+    assert memory.search("tea", user_id="u", as_of=before - timedelta(days=1)).results == []
+
+
+def test_at_sets_valid_from(memory: Memory) -> None:
+    when = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    (added,) = memory.add("Went hiking", user_id="u", infer=False, at=when).results
+    record = memory.get(added.id)
+    assert record.valid_from == when
+    assert memory.search("hiking", user_id="u", as_of="2023-05-09").results[0].id == added.id
+    assert memory.search("hiking", user_id="u", as_of="2023-05-07").results == []
+
+
+def test_update_metadata_only_keeps_text_and_vector(memory: Memory) -> None:
+    (added,) = memory.add("I love tea", user_id="u", infer=False).results
+    event = memory.update(added.id, metadata={"pinned": True})
+    record = memory.get(event.id)
+    assert record.memory == "I love tea" and record.metadata == {"pinned": True}
+    old_vec = memory.store.vectors("default", [added.id])[added.id]
+    new_vec = memory.store.vectors("default", [event.id])[event.id]
+    assert (old_vec == new_vec).all()
+    with pytest.raises(InvalidInputError, match="needs text= or metadata="):
+        memory.update(event.id)
+
+
+def test_delete_purges_every_version(memory: Memory) -> None:
+    (added,) = memory.add("I love tea", user_id="u", infer=False).results
+    updated = memory.update(added.id, text="I love coffee")
+    counts = memory.delete(updated.id)
+    assert (counts.memories, counts.vectors, counts.keyword_rows, counts.events) == (2, 2, 2, 2)
+    assert memory.get_all(user_id="u", include_superseded=True).results == []
+    assert memory.search("coffee", user_id="u").results == []
+    assert memory.store.check_integrity() == []
+
+
+def test_delete_all_purges_the_scope_only(memory: Memory) -> None:
+    memory.add(["a1", "a2"], user_id="a", run_id="s1", infer=False)
+    memory.add(["b1"], user_id="b", infer=False)
+    counts = memory.delete_all(user_id="a")
+    assert (counts.memories, counts.vectors, counts.keyword_rows, counts.events, counts.messages) == (2, 2, 2, 2, 2)
+    assert memory.get_all(user_id="a").results == []
+    assert [r.memory for r in memory.get_all(user_id="b").results] == ["b1"]
+    assert memory.store.check_integrity() == []
+
+
+def test_get_all_pages_newest_first(memory: Memory) -> None:
+    texts = [f"fact number {i}" for i in range(7)]
+    for text in texts:
+        memory.add(text, user_id="u", infer=False)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = memory.get_all(user_id="u", limit=3, cursor=cursor)
+        seen += [r.memory for r in page.results]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == list(reversed(texts))
+
+
+def test_scope_narrowing_by_agent_and_run(memory: Memory) -> None:
+    memory.add("alice with bot1 in s1", user_id="alice", agent_id="bot1", run_id="s1", infer=False)
+    memory.add("alice with bot2", user_id="alice", agent_id="bot2", infer=False)
+    memory.add("bob with bot1", user_id="bob", agent_id="bot1", infer=False)
+    memory.add("bot1 itself", agent_id="bot1", infer=False)
+
+    def texts(**scope: str) -> set[str]:
+        return {h.memory for h in memory.search("alice bob bot1 bot2 with itself", limit=50, **scope).results}
+
+    assert texts(user_id="alice") == {"alice with bot1 in s1", "alice with bot2"}
+    assert texts(agent_id="bot1") == {"alice with bot1 in s1", "bob with bot1", "bot1 itself"}
+    assert texts(user_id="alice", agent_id="bot1") == {"alice with bot1 in s1"}
+    assert texts(run_id="s1") == {"alice with bot1 in s1"}
+    assert {r.memory for r in memory.get_all(agent_id="bot1").results} == texts(agent_id="bot1")
+
+
+def test_sessions_keep_chat_history(memory: Memory) -> None:
+    session = memory.sessions("s1", user_id="alice")
+    session.add_message("user", "hi there")
+    session.add_message("assistant", "hello!", name="bot")
+    memory.sessions("s2", user_id="alice").add_message("user", "other session")
+    assert [(m.role, m.content) for m in session.messages] == [("user", "hi there"), ("assistant", "hello!")]
+    assert [m.content for m in session.recent(1)] == ["hello!"]
+    assert session.clear() == 2
+    assert session.messages == []
+    assert [m.content for m in memory.sessions("s2", user_id="alice").messages] == ["other session"]
+    with pytest.raises(InvalidInputError, match="empty"):
+        session.add_message("user", " ")
+
+
+def test_search_records_access_in_the_background(memory: Memory) -> None:
+    (added,) = memory.add("I love tea", user_id="u", infer=False).results
+    memory.search("tea", user_id="u")
+    memory.search("tea", user_id="u")
+    assert memory._access is not None
+    memory._access.flush()
+    record = memory.get(added.id)
+    assert record.access_count == 2 and record.last_accessed_at is not None
+
+
+def test_tenants_are_separate_views(memory: Memory) -> None:
+    other = memory.for_tenant("acme")
+    (mine,) = memory.add("default tenant secret", user_id="u", infer=False).results
+    other.add("acme secret", user_id="u", infer=False)
+    assert [h.memory for h in other.search("secret", user_id="u").results] == ["acme secret"]
+    assert [h.memory for h in memory.search("secret", user_id="u").results] == ["default tenant secret"]
+    from retain import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        other.get(mine.id)
+    with pytest.raises(NotFoundError):
+        other.delete(mine.id)
+    other.delete_all(user_id="u")
+    assert [r.memory for r in memory.get_all(user_id="u").results] == ["default tenant secret"]

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retain import ConfigError, Settings
+
+
+def test_defaults_put_the_store_in_the_data_dir_not_tmp() -> None:
+    settings = Settings.from_env({"XDG_DATA_HOME": "/srv/data"})
+    assert settings.embedder == "local:minilm"
+    assert settings.llm is None
+
+
+def test_env_values_are_cast_strictly() -> None:
+    s = Settings.from_env(
+        {
+            "RETAIN_STORE": "sqlite:///x.db",
+            "RETAIN_MAX_MESSAGE_CHARS": "10",
+            "RETAIN_TRACK_ACCESS": "false",
+            "RETAIN_CATEGORIES": "a, b",
+        }
+    )
+    assert (s.store, s.max_message_chars, s.track_access, s.categories) == ("sqlite:///x.db", 10, False, ("a", "b"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RETAIN_MAX_MESSAGE_CHARS", "ten", "not an integer"),
+        ("RETAIN_MAX_MESSAGE_CHARS", "-1", "positive"),
+        ("RETAIN_TRACK_ACCESS", "yes", "use true, false, 1 or 0"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)
+
+
+def test_env_file_fills_gaps_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nRETAIN_EMBEDDER=hash:32\nRETAIN_STORE='sqlite:///from-file.db'\n")
+    s = Settings.from_env({"RETAIN_STORE": "sqlite:///from-env.db"}, env_file=env_file)
+    assert s.embedder == "hash:32"
+    assert s.store == "sqlite:///from-env.db"
