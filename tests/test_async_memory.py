@@ -8,7 +8,7 @@ from retain import AsyncMemory, Memory
 from retain.testing import HashEmbedder
 
 PUBLIC = [name for name, _ in inspect.getmembers(Memory, inspect.isfunction) if not name.startswith("_")]
-SYNC_ONLY = {"from_config", "for_tenant", "sessions"}
+SYNC_ONLY = {"from_config", "for_tenant", "sessions", "start_worker"}
 
 
 def test_every_public_method_has_an_async_twin_with_the_same_signature() -> None:

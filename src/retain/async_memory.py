@@ -47,6 +47,10 @@ class AsyncMemory:
     messages = _awaitable(Memory.messages)
     add_message = _awaitable(Memory.add_message)
     clear_messages = _awaitable(Memory.clear_messages)
+    jobs = _awaitable(Memory.jobs)
+    retry_job = _awaitable(Memory.retry_job)
+    run_jobs = _awaitable(Memory.run_jobs)
+    process_job = _awaitable(Memory.process_job)
     close = _awaitable(Memory.close)
 
     def sessions(self, run_id: str, *, user_id: str | None = None, agent_id: str | None = None) -> Any:

@@ -21,8 +21,9 @@ from typing import Any
 
 from .embedders import Embedder, embedder_from_spec
 from .errors import ConfigError, InvalidInputError, NotFoundError, RetainError
-from .filters import parse_filters
+from .filters import Filter, parse_filters
 from .inputs import (
+    MAX_LIMIT,
     MessagesInput,
     check_id,
     check_limit,
@@ -32,11 +33,14 @@ from .inputs import (
     normalise_messages,
     time_or_now,
 )
+from .llm.base import LLM
+from .llm.registry import llm_from_spec
 from .models import (
     AddResult,
     ChatMessage,
     HistoryEntry,
     Hit,
+    JobInfo,
     MemoryEvent,
     MemoryPage,
     MemoryRecord,
@@ -45,17 +49,25 @@ from .models import (
     Scope,
     SearchResult,
 )
-from .ranking import fuse
+from .pipeline import InferenceInput, apply_outcome, decide, plan
+from .ranking import Fused, fuse
 from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
-from .store.base import NewEvent, NewMemory, NewMessage, Supersede, Vector, WriteBatch
+from .store.base import Job, NewEvent, NewJob, NewMemory, NewMessage, Supersede, Vector, WriteBatch
 from .timeutil import from_micros, now_micros
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
 #: Candidates taken from each signal before fusion, at least.
 CANDIDATE_POOL = 50
+#: Earlier turns of the same session shown to the extraction call as context.
+CONTEXT_MESSAGES = 6
+#: How much of the new messages (from the end) forms the query for similar memories.
+QUERY_CHARS = 4000
+MAX_BACKOFF_SECONDS = 3600.0
+JOB_STATUSES = ("queued", "running", "done", "dead")
 
 
 def new_id() -> str:
@@ -79,10 +91,14 @@ class Memory:
         store: Store | str | None = None,
         embedder: Embedder | str | None = None,
         *,
+        llm: LLM | str | None = None,
         settings: Settings | None = None,
         tenant_id: str = "default",
     ) -> None:
         self.settings = settings or Settings.from_env()
+        if isinstance(llm, str) or (llm is None and self.settings.llm):
+            llm = llm_from_spec(llm or self.settings.llm)
+        self.llm: LLM | None = llm
         if embedder is None or isinstance(embedder, str):
             embedder = embedder_from_spec(embedder or self.settings.embedder, self.settings)
         self.embedder = embedder
@@ -94,6 +110,8 @@ class Memory:
         self.tenant_id = make_scope(tenant_id, None, None, None, require=False).tenant_id
         self._access = _AccessRecorder(store) if self.settings.track_access else None
         self._embed_query = lru_cache(maxsize=512)(self._embed_query_uncached)
+        self._worker: Worker | None = None
+        self._worker_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, settings: Settings, *, tenant_id: str = "default") -> Memory:
@@ -117,20 +135,31 @@ class Memory:
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         infer: bool = True,
+        background: bool = False,
         at: datetime | str | None = None,
+        instructions: str | None = None,
     ) -> AddResult:
-        """Remember `messages`. With `infer=False` each message is stored verbatim as one memory."""
+        """Remember `messages`.
+
+        With `infer=True` one LLM call extracts facts and reconciles them with what is
+        already known (ADD, UPDATE, DELETE, NOOP). The messages are stored first, so an
+        LLM failure loses nothing: the add raises `ProviderError` and its job stays
+        queued for retry. `background=True` stores the messages, queues the job and
+        returns at once (`AddResult.job_id`). With `infer=False` each message is stored
+        verbatim as one memory, with no LLM call.
+        """
         scope = self._scope(user_id, agent_id, run_id)
         parsed = normalise_messages(
             messages, max_chars=self.settings.max_message_chars, max_count=self.settings.max_messages_per_add
         )
         base_metadata = check_metadata(metadata)
         observed = time_or_now(at, field="at")
+        if instructions is not None and not isinstance(instructions, str):
+            raise InvalidInputError("instructions must be a string.", field="instructions")
         if infer:
-            raise ConfigError(
-                "add(infer=True) needs an LLM to extract facts: set RETAIN_LLM=openai:gpt-4o-mini (or another "
-                "provider), or call add(..., infer=False) to store the messages verbatim."
-            )
+            return self._add_inferred(scope, parsed, base_metadata, observed, background, instructions)
+        if background:
+            raise InvalidInputError("background=True needs infer=True; verbatim adds are already fast.")
         vectors = self.embedder.embed([m.content for m in parsed])
         batch = WriteBatch(at=now_micros())
         results: list[MemoryEvent] = []
@@ -175,9 +204,8 @@ class Memory:
             vector = self.embedder.embed([new_text])[0]
         now = now_micros()
         scope = Scope(tenant_id=self.tenant_id, user_id=old.user_id, agent_id=old.agent_id, run_id=old.run_id)
-        lineage = self.store.lineage_id(self.tenant_id, id) or id
         memory = self._new_memory(
-            scope, new_text, old.category, new_meta, now, old.source_message_ids, vector, lineage=lineage
+            scope, new_text, old.category, new_meta, now, old.source_message_ids, vector, lineage=old.lineage_id
         )
         why = reason or "updated through the API"
         batch = WriteBatch(
@@ -191,10 +219,7 @@ class Memory:
 
     def delete(self, id: str) -> PurgeCounts:
         """Purge a memory: every version, its vectors, keyword rows and history."""
-        lineage = self.store.lineage_id(self.tenant_id, check_id(id))
-        if lineage is None:
-            raise NotFoundError("memory", id)
-        return self.store.purge_lineage(self.tenant_id, lineage)
+        return self.store.purge_lineage(self.tenant_id, self.get(id).lineage_id)
 
     def delete_all(
         self, *, user_id: str | None = None, agent_id: str | None = None, run_id: str | None = None
@@ -259,26 +284,11 @@ class Memory:
         if threshold is not None and (isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0):
             raise InvalidInputError(f"threshold must be a number from -1 to 1, got {threshold!r}.", field="threshold")
         as_of_us = None if as_of is None else time_or_now(as_of, field="as_of")
-        now = now_micros()
-        vector = self._embed_query(query)
-        pool = max(CANDIDATE_POOL, 2 * limit)
-        dense = self.store.vector_search(scope, vector, pool, where, as_of_us, now)
-        sparse = self.store.keyword_search(scope, query, pool, where, as_of_us, now)
-        fused = fuse(dense, sparse)
-        missing = [f.id for f in fused if f.vector is None]
-        similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
-        if threshold is not None:
-            fused = [f for f in fused if similarities.get(f.id, -1.0) >= threshold]
-        fused = fused[:limit]
-        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
         hits = []
-        for f in fused:
-            record = records.get(f.id)
-            if record is None:  # purged between the index read and this fetch
-                continue
+        for f, record, similarity in self._rank(scope, query, limit, where, as_of_us, threshold):
             scores = None
             if explain:
-                scores = {"rrf": f.score, "vector": similarities.get(f.id, 0.0)}
+                scores = {"rrf": f.score, "vector": similarity}
                 if f.vector is not None:
                     scores["vector_rank"] = float(f.vector)
                 if f.keyword is not None:
@@ -289,12 +299,164 @@ class Memory:
             self._access.record(self.tenant_id, [h.id for h in hits])
         return SearchResult(results=hits)
 
+    def _rank(
+        self,
+        scope: Scope,
+        query: str,
+        limit: int,
+        where: Filter | None = None,
+        as_of: int | None = None,
+        threshold: float | None = None,
+    ) -> list[tuple[Fused, MemoryRecord, float]]:
+        """Hybrid retrieval: vector KNN and BM25 in scope, fused by reciprocal rank."""
+        now = now_micros()
+        vector = self._embed_query(query)
+        pool = max(CANDIDATE_POOL, 2 * limit)
+        dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
+        sparse = self.store.keyword_search(scope, query, pool, where, as_of, now)
+        fused = fuse(dense, sparse)
+        missing = [f.id for f in fused if f.vector is None]
+        similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
+        if threshold is not None:
+            fused = [f for f in fused if similarities.get(f.id, -1.0) >= threshold]
+        fused = fused[:limit]
+        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
+        # A record can vanish between the index read and this fetch if it was purged meanwhile.
+        return [(f, records[f.id], similarities.get(f.id, 0.0)) for f in fused if f.id in records]
+
     def history(self, id: str) -> list[HistoryEntry]:
         """Every event of every version of the memory, oldest first."""
-        lineage = self.store.lineage_id(self.tenant_id, check_id(id))
-        if lineage is None:
-            raise NotFoundError("memory", id)
-        return self.store.history(self.tenant_id, lineage)
+        return self.store.history(self.tenant_id, self.get(id).lineage_id)
+
+    # -- inference and jobs -----------------------------------------------------------
+
+    def _add_inferred(
+        self,
+        scope: Scope,
+        parsed: list[Message],
+        metadata: dict[str, Any],
+        observed: int,
+        background: bool,
+        instructions: str | None,
+    ) -> AddResult:
+        if self.llm is None:
+            raise ConfigError(
+                "add(infer=True) needs an LLM to extract facts: set RETAIN_LLM=openai:gpt-4o-mini (or "
+                "local:qwen2.5-1.5b), pass llm=..., or call add(..., infer=False) to store the messages verbatim."
+            )
+        stored = [self._new_message(scope, m, observed) for m in parsed]
+        payload = {
+            "message_ids": [m.id for m in stored],
+            "metadata": metadata,
+            "observed_at": observed,
+            "instructions": instructions if instructions is not None else self.settings.instructions,
+        }
+        job = NewJob(new_id(), scope, "extract", payload, self.settings.job_max_attempts)
+        self.store.write(self.tenant_id, WriteBatch(at=now_micros(), messages=stored, jobs=[job]))
+        message_ids = [m.id for m in stored]
+        if background:
+            if self.settings.in_process_worker:
+                self.start_worker()
+            return AddResult(results=[], message_ids=message_ids, job_id=job.id)
+        claimed = self.store.claim_job(now_micros(), self._lease, job_id=job.id)
+        if claimed is None:  # a worker took it first; it will finish it
+            return AddResult(results=[], message_ids=message_ids, job_id=job.id)
+        return self.process_job(claimed)
+
+    @property
+    def _lease(self) -> int:
+        return int(self.settings.job_lease_seconds * 1_000_000)
+
+    def process_job(self, job: Job) -> AddResult:
+        """Run one claimed job. On failure it is requeued with backoff (or dead-lettered) and the error raised."""
+        memory = self if job.scope.tenant_id == self.tenant_id else self.for_tenant(job.scope.tenant_id)
+        try:
+            return memory._infer(job)
+        except Exception as exc:  # release the lease whatever failed, then let the caller see the error
+            now = now_micros()
+            if job.attempts >= job.max_attempts:
+                retry_at = None
+            else:
+                delay = self.settings.job_backoff_seconds * 2 ** (job.attempts - 1)
+                retry_at = now + int(min(delay, MAX_BACKOFF_SECONDS) * 1_000_000)
+            self.store.release_job(job.id, f"{type(exc).__name__}: {exc}", retry_at, now)
+            raise
+
+    def _infer(self, job: Job) -> AddResult:
+        assert self.llm is not None
+        payload = job.payload
+        ids: list[str] = payload["message_ids"]
+        messages = self.store.messages_by_id(self.tenant_id, ids)
+        if len(messages) != len(ids):  # purged by delete_all since it was queued: nothing left to learn from
+            self.store.write(self.tenant_id, WriteBatch(at=now_micros(), finish_job=(job.id, {"skipped": True})))
+            return AddResult(results=[], message_ids=[m.id for m in messages], job_id=job.id)
+        scope = job.scope
+        context: list[ChatMessage] = []
+        if scope.run_id is not None:
+            recent = self.store.messages(scope, len(ids) + CONTEXT_MESSAGES)
+            context = [m for m in recent if m.id not in set(ids)][-CONTEXT_MESSAGES:]
+        reconcile = scope.model_copy(update={"run_id": None}) if scope.user_id or scope.agent_id else scope
+        query = "\n".join(m.content for m in messages)[-QUERY_CHARS:]
+        existing = [r for _, r, _ in self._rank(reconcile, query, self.settings.similar_memories)]
+        data = InferenceInput(
+            scope=scope,
+            messages=messages,
+            context=context,
+            existing=existing,
+            observed_at=payload["observed_at"],
+            metadata=payload["metadata"],
+            categories=self.settings.categories,
+            instructions=payload.get("instructions"),
+        )
+        decision = decide(self.llm, data)
+        batch, events = plan(data, decision, self.embedder, at=now_micros(), new_id=new_id, text_hash=text_hash)
+        batch.dedup_threshold = self.settings.dedup_threshold
+        usage = decision.usage
+        batch.finish_job = (job.id, {"usage": usage.model_dump(), "operations": len(decision.operations)})
+        outcome = self.store.write(self.tenant_id, batch)
+        matched = [existing_id for existing_id, _ in outcome.duplicates.values()]
+        texts = {r.id: r.memory for r in self.store.get(self.tenant_id, matched)}
+        return AddResult(results=apply_outcome(events, outcome, texts), message_ids=ids, job_id=job.id, usage=usage)
+
+    def run_jobs(self, max_jobs: int | None = None) -> int:
+        """Process due background jobs in this thread until none is due; returns how many ran."""
+        done = 0
+        while max_jobs is None or done < max_jobs:
+            job = self.store.claim_job(now_micros(), self._lease)
+            if job is None:
+                break
+            try:
+                self.process_job(job)
+            except RetainError as exc:
+                logger.warning("job %s failed (attempt %d/%d): %s", job.id, job.attempts, job.max_attempts, exc)
+            done += 1
+        return done
+
+    def jobs(self, *, status: str | None = None, limit: int = 50) -> list[JobInfo]:
+        """Background jobs of this tenant, newest first (`status`: queued, running, done or dead)."""
+        if status is not None and status not in JOB_STATUSES:
+            raise InvalidInputError(f"status must be one of {', '.join(JOB_STATUSES)}, got {status!r}.", field="status")
+        return [_job_info(j) for j in self.store.list_jobs(self.tenant_id, status, check_limit(limit))]
+
+    def retry_job(self, job_id: str) -> JobInfo:
+        """Requeue a dead-lettered (or waiting) job to run now with fresh attempts."""
+        if not self.store.retry_job(self.tenant_id, check_id(job_id), now_micros()):
+            raise NotFoundError("retryable job", job_id)
+        if self.settings.in_process_worker:
+            self.start_worker()
+        for job in self.jobs(limit=MAX_LIMIT):
+            if job.id == job_id:
+                return job
+        raise NotFoundError("job", job_id)
+
+    def start_worker(self) -> None:
+        """Run background jobs in a thread of this process (started by the first background add)."""
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = Worker(self, poll_seconds=self.settings.worker_poll_seconds)
+                self._worker.start()
+            else:
+                self._worker.wake()
 
     # -- chat history -----------------------------------------------------------------
 
@@ -326,6 +488,8 @@ class Memory:
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
         if self._access is not None:
             self._access.close()
         self.store.close()
@@ -401,6 +565,24 @@ class Memory:
             actor="api",
             source_message_ids=sources,
         )
+
+
+def _job_info(job: Job) -> JobInfo:
+    return JobInfo(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,  # type: ignore[arg-type]
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        user_id=job.scope.user_id,
+        agent_id=job.scope.agent_id,
+        run_id=job.scope.run_id,
+        run_after=from_micros(job.run_after),
+        last_error=job.last_error,
+        result=job.result,
+        created_at=from_micros(job.created_at),
+        updated_at=from_micros(job.updated_at),
+    )
 
 
 def _hit(record: MemoryRecord, score: float, scores: dict[str, float] | None) -> Hit:

@@ -61,6 +61,8 @@ class MemoryRecord(_Model):
     user_id: str | None
     agent_id: str | None
     run_id: str | None
+    #: The id of the first version; every version of one memory shares it.
+    lineage_id: str
     hash: str
     created_at: datetime
     updated_at: datetime
@@ -120,6 +122,24 @@ class Hit(_Model):
 
 class SearchResult(_Model):
     results: list[Hit]
+
+
+class JobInfo(_Model):
+    """A background extraction job as `Memory.jobs()` reports it."""
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "done", "dead"]
+    attempts: int
+    max_attempts: int
+    user_id: str | None
+    agent_id: str | None
+    run_id: str | None
+    run_after: datetime
+    last_error: str | None
+    result: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
 
 
 class HistoryEntry(_Model):

@@ -33,6 +33,17 @@ class Settings:
     embed_threads: int = 1
     categories: tuple[str, ...] = DEFAULT_CATEGORIES
     track_access: bool = True
+    #: Extra extraction instructions applied to every add (a call's `instructions=` overrides them).
+    instructions: str | None = None
+    #: Existing memories shown to the extraction call.
+    similar_memories: int = 10
+    #: Cosine similarity at or above which a new fact is the same as a current memory.
+    dedup_threshold: float = 0.92
+    job_max_attempts: int = 5
+    job_backoff_seconds: float = 2.0
+    job_lease_seconds: float = 600.0
+    in_process_worker: bool = True
+    worker_poll_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
@@ -62,6 +73,14 @@ class Settings:
             updates["categories"] = cats
         if v := values.get("RETAIN_TRACK_ACCESS"):
             updates["track_access"] = _bool("RETAIN_TRACK_ACCESS", v)
+        if v := values.get("RETAIN_INSTRUCTIONS"):
+            updates["instructions"] = v
+        if v := values.get("RETAIN_JOB_MAX_ATTEMPTS"):
+            updates["job_max_attempts"] = _positive_int("RETAIN_JOB_MAX_ATTEMPTS", v)
+        if v := values.get("RETAIN_IN_PROCESS_WORKER"):
+            updates["in_process_worker"] = _bool("RETAIN_IN_PROCESS_WORKER", v)
+        if v := values.get("RETAIN_DEDUP_THRESHOLD"):
+            updates["dedup_threshold"] = _fraction("RETAIN_DEDUP_THRESHOLD", v)
         return replace(settings, **updates)  # type: ignore[arg-type]
 
 
@@ -72,6 +91,16 @@ def _positive_int(name: str, raw: str) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer.") from None
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be a positive integer.")
+    return value
+
+
+def _fraction(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number.") from None
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(f"{name}={raw!r} must be in (0, 1].")
     return value
 
 

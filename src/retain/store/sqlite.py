@@ -34,7 +34,7 @@ from ..errors import StoreError
 from ..filters import And, Condition, Filter, Not, Or
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
 from ..timeutil import from_micros, opt_from_micros
-from .base import Candidate, NewMemory, Store, Vector, WriteBatch
+from .base import Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
 from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 
 BUSY_TIMEOUT_MS = 60_000
@@ -42,7 +42,7 @@ MAX_QUERY_TERMS = 64
 PARTITIONS_PER_QUERY = 32
 
 _MEMORY_COLUMNS = (
-    "m.id, m.text, m.category, m.metadata, m.user_id, m.agent_id, m.run_id, m.hash, m.created_at, "
+    "m.id, m.text, m.category, m.metadata, m.user_id, m.agent_id, m.run_id, m.lineage_id, m.hash, m.created_at, "
     "m.updated_at, m.valid_from, m.valid_to, m.superseded_by, m.source_message_ids, m.access_count, "
     "m.last_accessed_at, m.expires_at"
 )
@@ -160,8 +160,18 @@ class SQLiteStore(Store):
 
     # -- writes -----------------------------------------------------------------------
 
-    def write(self, tenant_id: str, batch: WriteBatch) -> None:
+    def write(self, tenant_id: str, batch: WriteBatch) -> WriteOutcome:
+        duplicates: dict[str, tuple[str, str]] = {}
         with self._write() as db:
+            if batch.finish_job is not None:
+                job_id, result = batch.finish_job
+                db.execute(
+                    "UPDATE jobs SET status = 'done', result = ?, last_error = NULL, locked_until = NULL, "
+                    "updated_at = ? WHERE id = ? AND tenant_id = ? AND status = 'running'",
+                    (json.dumps(result), batch.at, job_id, tenant_id),
+                )
+                if db.changes() != 1:
+                    raise StoreError(f"Job {job_id!r} is no longer leased to this worker; its result is discarded.")
             for msg in batch.messages:
                 s = msg.scope
                 db.execute(
@@ -181,16 +191,25 @@ class SQLiteStore(Store):
                     ),
                 )
             for mem in batch.memories:
-                self._insert_memory(db, tenant_id, mem, batch.at)
+                match = self._duplicate_of(db, tenant_id, mem, batch.dedup_threshold) if mem.dedup else None
+                if match is None:
+                    self._insert_memory(db, tenant_id, mem, batch.at)
+                else:
+                    duplicates[mem.id] = match
             for sup in batch.supersede:
                 self._end_validity(db, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id)
             for inv in batch.invalidate:
                 self._end_validity(db, tenant_id, inv.id, inv.valid_to, batch.at, None)
-            for id in batch.touch:
+            touched = [*batch.touch, *(existing for existing, _ in duplicates.values())]
+            for id in touched:
                 db.execute(
                     "UPDATE memories SET updated_at = ? WHERE id = ? AND tenant_id = ?", (batch.at, id, tenant_id)
                 )
             for ev in batch.events:
+                memory_id, lineage_id, event, reason = ev.memory_id, ev.lineage_id, ev.event, ev.reason
+                if memory_id in duplicates:
+                    memory_id, lineage_id = duplicates[memory_id]
+                    event, reason = "NOOP", f"already remembered ({reason})" if reason else "already remembered"
                 s = ev.scope
                 db.execute(
                     "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, "
@@ -198,20 +217,65 @@ class SQLiteStore(Store):
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         tenant_id,
-                        ev.memory_id,
-                        ev.lineage_id,
+                        memory_id,
+                        lineage_id,
                         s.user_id,
                         s.agent_id,
                         s.run_id,
-                        ev.event,
+                        event,
                         ev.old_text,
                         ev.new_text,
-                        ev.reason,
+                        reason,
                         ev.actor,
                         json.dumps(ev.source_message_ids),
                         batch.at,
                     ),
                 )
+            for job in batch.jobs:
+                s = job.scope
+                db.execute(
+                    "INSERT INTO jobs (id, tenant_id, user_id, agent_id, run_id, kind, payload, status, attempts, "
+                    "max_attempts, run_after, created_at, updated_at) VALUES (?,?,?,?,?,?,?,'queued',0,?,?,?,?)",
+                    (
+                        job.id,
+                        tenant_id,
+                        s.user_id,
+                        s.agent_id,
+                        s.run_id,
+                        job.kind,
+                        json.dumps(job.payload),
+                        job.max_attempts,
+                        batch.at,
+                        batch.at,
+                        batch.at,
+                    ),
+                )
+        return WriteOutcome(duplicates=duplicates)
+
+    def _duplicate_of(self, db: Any, tenant_id: str, mem: NewMemory, threshold: float) -> tuple[str, str] | None:
+        """A current memory of the same user and agent with the same text or a near-identical vector."""
+        s = mem.scope
+        row = db.execute(
+            "SELECT id, lineage_id FROM memories WHERE tenant_id = ? AND hash = ? AND valid_to IS NULL "
+            "AND user_id IS ? AND agent_id IS ? LIMIT 1",
+            (tenant_id, mem.hash, s.user_id, s.agent_id),
+        ).fetchone()
+        if row is not None:
+            return str(row[0]), str(row[1])
+        hits = db.execute(
+            "SELECT memory_rowid, distance FROM memory_vectors WHERE embedding MATCH ? AND k = 1 "
+            "AND partition = ? AND agent_id = ? AND valid_to = ?",
+            (
+                np.asarray(mem.embedding, dtype=np.float32).tobytes(),
+                partition_of(tenant_id, s.user_id),
+                s.agent_id or "",
+                OPEN_END,
+            ),
+        ).fetchall()
+        if not hits or 1.0 - hits[0][1] < threshold:
+            return None
+        row = db.execute("SELECT id, lineage_id FROM memories WHERE rowid = ?", (hits[0][0],)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def _insert_memory(self, db: Any, tenant_id: str, mem: NewMemory, at: int) -> None:
         s = mem.scope
@@ -301,14 +365,6 @@ class SQLiteStore(Store):
         )
         by_id = {row[0]: _record(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
-
-    def lineage_id(self, tenant_id: str, id: str) -> str | None:
-        row = (
-            self._db()
-            .execute("SELECT lineage_id FROM memories WHERE id = ? AND tenant_id = ?", (id, tenant_id))
-            .fetchone()
-        )
-        return None if row is None else str(row[0])
 
     def list_memories(
         self, scope: Scope, where: Filter | None, include_superseded: bool, limit: int, after: int | None
@@ -521,26 +577,76 @@ class SQLiteStore(Store):
             )
             .fetchall()
         )
-        return [
-            ChatMessage(
-                id=r[0],
-                role=r[1],
-                content=r[2],
-                name=r[3],
-                user_id=r[4],
-                agent_id=r[5],
-                run_id=r[6],
-                metadata=json.loads(r[7]),
-                created_at=from_micros(r[8]),
-            )
-            for r in reversed(rows)
-        ]
+        return [_chat(r) for r in reversed(rows)]
 
     def delete_messages(self, scope: Scope) -> int:
         ssql, sparams = _scope_sql(scope)
         with self._write() as db:
             db.execute(f"DELETE FROM messages AS m WHERE {ssql}", sparams)
             return int(db.changes())
+
+    def messages_by_id(self, tenant_id: str, ids: Sequence[str]) -> list[ChatMessage]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT m.id, m.role, m.content, m.name, m.user_id, m.agent_id, m.run_id, m.metadata, m.created_at "
+                "FROM messages m WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+                (tenant_id, json.dumps(list(ids))),
+            )
+            .fetchall()
+        )
+        by_id = {r[0]: _chat(r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    # -- jobs -------------------------------------------------------------------------
+
+    _JOB_COLUMNS = (
+        "id, tenant_id, user_id, agent_id, run_id, kind, payload, status, attempts, max_attempts, run_after, "
+        "last_error, result, created_at, updated_at"
+    )
+
+    def claim_job(self, now: int, lease: int, job_id: str | None = None) -> Job | None:
+        with self._write() as db:
+            row = db.execute(
+                f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE ((status = 'queued' AND run_after <= ?) "
+                "OR (status = 'running' AND locked_until < ?)) AND (? IS NULL OR id = ?) ORDER BY run_after LIMIT 1",
+                (now, now, job_id, job_id),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = ?, updated_at = ? "
+                "WHERE id = ?",
+                (now + lease, now, row[0]),
+            )
+        job = _job(row)
+        return Job(**{**job.__dict__, "status": "running", "attempts": job.attempts + 1})
+
+    def release_job(self, job_id: str, error: str, retry_at: int | None, now: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, run_after = coalesce(?, run_after), last_error = ?, "
+                "locked_until = NULL, updated_at = ? WHERE id = ? AND status = 'running'",
+                ("queued" if retry_at is not None else "dead", retry_at, error[:2000], now, job_id),
+            )
+
+    def list_jobs(self, tenant_id: str, status: str | None, limit: int) -> list[Job]:
+        sql = f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE tenant_id = ?"
+        params: list[Any] = [tenant_id]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        rows = self._db().execute(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [_job(r) for r in rows]
+
+    def retry_job(self, tenant_id: str, job_id: str, now: int) -> bool:
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'queued', attempts = 0, run_after = ?, updated_at = ? "
+                "WHERE id = ? AND tenant_id = ? AND status IN ('dead', 'queued')",
+                (now, now, job_id, tenant_id),
+            )
+            return bool(db.changes())
 
     # -- export and import ------------------------------------------------------------
 
@@ -751,6 +857,37 @@ class SQLiteStore(Store):
         }
 
 
+def _chat(r: Sequence[Any]) -> ChatMessage:
+    return ChatMessage(
+        id=r[0],
+        role=r[1],
+        content=r[2],
+        name=r[3],
+        user_id=r[4],
+        agent_id=r[5],
+        run_id=r[6],
+        metadata=json.loads(r[7]),
+        created_at=from_micros(r[8]),
+    )
+
+
+def _job(r: Sequence[Any]) -> Job:
+    return Job(
+        id=r[0],
+        scope=Scope(tenant_id=r[1], user_id=r[2], agent_id=r[3], run_id=r[4]),
+        kind=r[5],
+        payload=json.loads(r[6]),
+        status=r[7],
+        attempts=r[8],
+        max_attempts=r[9],
+        run_after=r[10],
+        last_error=r[11],
+        result=None if r[12] is None else json.loads(r[12]),
+        created_at=r[13],
+        updated_at=r[14],
+    )
+
+
 def _record(r: Sequence[Any]) -> MemoryRecord:
     return MemoryRecord(
         id=r[0],
@@ -760,16 +897,17 @@ def _record(r: Sequence[Any]) -> MemoryRecord:
         user_id=r[4],
         agent_id=r[5],
         run_id=r[6],
-        hash=r[7],
-        created_at=from_micros(r[8]),
-        updated_at=from_micros(r[9]),
-        valid_from=from_micros(r[10]),
-        valid_to=opt_from_micros(r[11]),
-        superseded_by=r[12],
-        source_message_ids=json.loads(r[13]),
-        access_count=r[14],
-        last_accessed_at=opt_from_micros(r[15]),
-        expires_at=opt_from_micros(r[16]),
+        lineage_id=r[7],
+        hash=r[8],
+        created_at=from_micros(r[9]),
+        updated_at=from_micros(r[10]),
+        valid_from=from_micros(r[11]),
+        valid_to=opt_from_micros(r[12]),
+        superseded_by=r[13],
+        source_message_ids=json.loads(r[14]),
+        access_count=r[15],
+        last_accessed_at=opt_from_micros(r[16]),
+        expires_at=opt_from_micros(r[17]),
     )
 
 
