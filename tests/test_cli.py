@@ -60,3 +60,18 @@ def test_export_import_round_trip(run, tmp_path: Path) -> None:  # type: ignore[
     assert "imported=3" in result.output
     result = runner.invoke(main, ["store", "check"], env=env)
     assert result.exit_code == 0 and "ok" in result.output
+
+
+def test_jobs_and_worker_commands(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from retain import Memory, Settings
+    from retain.testing import HashEmbedder, ScriptedLLM
+
+    m = Memory(
+        str(tmp_path / "cli.db"), HashEmbedder(32), llm=ScriptedLLM(), settings=Settings(in_process_worker=False)
+    )
+    job_id = m.add("I like tea", user_id="u", background=True).job_id
+    m.close()
+    listed = json.loads(run("jobs", "list", "--json"))
+    assert [(j["id"], j["status"]) for j in listed] == [(job_id, "queued")]
+    assert "needs an LLM" in run("worker", "--once", code=1)
+    assert "No retryable job" in run("jobs", "retry", "nope", code=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import InvalidInputError, RetainError
+from .errors import ConfigError, InvalidInputError, RetainError
 from .memory import Memory
 from .models import HistoryEntry, MemoryRecord
 from .settings import Settings
@@ -283,6 +284,66 @@ def import_command(ctx: click.Context, path: Path) -> None:
     with _memory(ctx) as memory, click.progressbar(length=max(len(lines) - 1, 0), label="importing") as bar:
         counts = import_jsonl(memory, lines, progress=bar.update)
     click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@main.command("worker")
+@click.option("--once", is_flag=True, help="Process the jobs that are due, then exit.")
+@click.option("--poll", default=1.0, show_default=True, help="Seconds between polls when idle.")
+@click.pass_context
+def worker_command(ctx: click.Context, once: bool, poll: float) -> None:
+    """Run background extraction jobs (needs RETAIN_LLM)."""
+    settings = replace(ctx.obj["settings"], in_process_worker=False)
+    with _errors():
+        memory = Memory(settings=settings, tenant_id=ctx.obj["tenant"])
+    try:
+        with _errors():
+            if memory.llm is None:
+                raise ConfigError("The worker needs an LLM: set RETAIN_LLM=openai:gpt-4o-mini or local:qwen2.5-1.5b.")
+            if once:
+                click.echo(f"processed {memory.run_jobs()} jobs")
+                return
+            click.echo("retain worker: waiting for jobs (Ctrl+C to stop)", err=True)
+            while True:
+                if not memory.run_jobs():
+                    time.sleep(poll)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        memory.close()
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect and retry background jobs."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice(["queued", "running", "done", "dead"]))
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def jobs_list(ctx: click.Context, status: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first."""
+    with _memory(ctx) as memory:
+        found = memory.jobs(status=status, limit=limit)
+        if as_json:
+            _print_json([j.model_dump(mode="json") for j in found])
+            return
+        for job in found:
+            error = f"  {job.last_error}" if job.last_error else ""
+            click.echo(
+                f"{job.id}  {job.status:<7} attempts={job.attempts}/{job.max_attempts}  user={job.user_id}{error}"
+            )
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+@click.pass_context
+def jobs_retry(ctx: click.Context, job_id: str) -> None:
+    """Requeue a dead-lettered job."""
+    with _memory(ctx) as memory:
+        job = memory.retry_job(job_id)
+        click.echo(f"{job.id}  {job.status}")
 
 
 @main.group()
