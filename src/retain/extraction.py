@@ -10,9 +10,10 @@ cannot invent an id that exists.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -69,6 +70,7 @@ def response_schema(categories: Sequence[str]) -> dict[str, Any]:
         "properties": {
             "operations": {
                 "type": "array",
+                "maxItems": 32,
                 "items": {
                     "type": "object",
                     "additionalProperties": False,
@@ -76,9 +78,9 @@ def response_schema(categories: Sequence[str]) -> dict[str, Any]:
                     "properties": {
                         "op": {"type": "string", "enum": ["ADD", "UPDATE", "DELETE", "NOOP"]},
                         "id": {"type": ["integer", "null"]},
-                        "text": {"type": "string"},
+                        "text": {"type": "string", "maxLength": 500},
                         "category": {"type": "string", "enum": list(categories)},
-                        "reason": {"type": "string"},
+                        "reason": {"type": "string", "maxLength": 200},
                     },
                 },
             }
@@ -96,8 +98,9 @@ the assistant confirmed, or a plan the user agreed to). Skip greetings, small ta
 anything only true for this moment.
 
 Write each fact as one sentence about the user ("User is vegetarian"; "User's order #1234 has not arrived").
-Resolve relative dates ("yesterday", "last month", "next week") to absolute dates using the observation date,
-and write the date into the fact. Keep the language the user wrote in.
+Resolve relative dates ("yesterday", "last month", "next week") with the date anchors and write the absolute
+date into the fact: "User moved to Paris in March 2024", never "User moved to Paris last month".
+Keep the language the user wrote in.
 
 For every fact choose one operation:
 - ADD: new information that no existing memory holds. "id" is null.
@@ -124,7 +127,7 @@ def extraction_messages(
     if instructions:
         system += f"\n\nAdditional instructions from the application:\n{instructions.strip()}"
     system += '\n\nReply with JSON only: {"operations": [{"op", "id", "text", "category", "reason"}, ...]}.'
-    parts = [f"Observation date: {observed_at:%Y-%m-%d (%A)}"]
+    parts = [f"Observation date: {observed_at:%Y-%m-%d (%A)}", f"Date anchors: {date_anchors(observed_at)}"]
     parts.append("EXISTING MEMORIES:")
     parts += [f"{k.number}. [{k.category or 'fact'}] {k.text}" for k in existing] or ["(none)"]
     if context:
@@ -133,6 +136,57 @@ def extraction_messages(
     parts.append("NEW MESSAGES:")
     parts += [_line(t) for t in new]
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(parts)}]
+
+
+def date_anchors(day: datetime) -> str:
+    """Absolute meanings of common relative dates, so small models need not do calendar arithmetic."""
+    first = day.replace(day=1)
+    last_month = first - timedelta(days=1)
+    next_month = (first + timedelta(days=32)).replace(day=1)
+    monday = day - timedelta(days=day.weekday())
+    return "; ".join(
+        [
+            f"yesterday = {day - timedelta(days=1):%Y-%m-%d}",
+            f"tomorrow = {day + timedelta(days=1):%Y-%m-%d}",
+            f"last week = the week of {monday - timedelta(days=7):%Y-%m-%d}",
+            f"next week = the week of {monday + timedelta(days=7):%Y-%m-%d}",
+            f"last month = {last_month:%B %Y}",
+            f"next month = {next_month:%B %Y}",
+            f"last year = {day.year - 1}",
+        ]
+    )
+
+
+def _relative_dates(day: datetime) -> dict[str, str]:
+    first = day.replace(day=1)
+    last_month = first - timedelta(days=1)
+    next_month = (first + timedelta(days=32)).replace(day=1)
+    monday = day - timedelta(days=day.weekday())
+    return {
+        "yesterday": f"{day - timedelta(days=1):%Y-%m-%d}",
+        "today": f"{day:%Y-%m-%d}",
+        "tomorrow": f"{day + timedelta(days=1):%Y-%m-%d}",
+        "last week": f"week of {monday - timedelta(days=7):%Y-%m-%d}",
+        "this week": f"week of {monday:%Y-%m-%d}",
+        "next week": f"week of {monday + timedelta(days=7):%Y-%m-%d}",
+        "last month": f"{last_month:%B %Y}",
+        "this month": f"{day:%B %Y}",
+        "next month": f"{next_month:%B %Y}",
+        "last year": f"{day.year - 1}",
+        "this year": f"{day.year}",
+        "next year": f"{day.year + 1}",
+    }
+
+
+def anchor_relative_dates(text: str, day: datetime) -> str:
+    """Annotate English relative dates the model left in a fact: "moved last month" -> "moved last month (May 2024)".
+
+    A fact is read long after it was said; without its date, "last month" becomes wrong. Phrases already followed
+    by a parenthesis are left alone, so the function is idempotent.
+    """
+    anchors = _relative_dates(day)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, anchors)) + r")\b(?!\s*\()", re.IGNORECASE)
+    return pattern.sub(lambda m: f"{m.group(0)} ({anchors[m.group(0).lower()]})", text)
 
 
 def retry_messages(previous: list[dict[str, Any]], reply: str, error: str) -> list[dict[str, Any]]:

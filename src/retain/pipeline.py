@@ -23,7 +23,16 @@ from typing import Any
 
 from .embedders import Embedder
 from .errors import ProviderError
-from .extraction import Known, Operation, Turn, extraction_messages, parse_operations, response_schema, retry_messages
+from .extraction import (
+    Known,
+    Operation,
+    Turn,
+    anchor_relative_dates,
+    extraction_messages,
+    parse_operations,
+    response_schema,
+    retry_messages,
+)
 from .llm.base import LLM
 from .models import ChatMessage, MemoryEvent, MemoryRecord, Scope, Usage
 from .store.base import Invalidate, NewEvent, NewMemory, Supersede, WriteBatch, WriteOutcome
@@ -108,13 +117,18 @@ def plan(
     batch = WriteBatch(at=at)
     events: list[MemoryEvent] = []
     sources = [m.id for m in data.messages]
-    to_embed = [op for op in decision.operations if op.op in ("ADD", "UPDATE")]
-    vectors = dict(zip(map(id, to_embed), embedder.embed([op.text.strip() for op in to_embed]), strict=True))
+    day = from_micros(data.observed_at)
+    texts = {
+        id(op): anchor_relative_dates(op.text.strip(), day) for op in decision.operations if op.op in ("ADD", "UPDATE")
+    }
+    vectors = dict(zip(texts, embedder.embed(list(texts.values())), strict=True))
     for op in decision.operations:
         old = data.existing[op.id - 1] if op.id is not None and op.op != "ADD" else None
         reason = op.reason.strip() or None
         if op.op == "ADD":
-            memory = _memory(data, op, vectors[id(op)], sources, new_id(), text_hash, lineage=None, dedup=True)
+            memory = _memory(
+                data, op, texts[id(op)], vectors[id(op)], sources, new_id(), text_hash, lineage=None, dedup=True
+            )
             batch.memories.append(memory)
             batch.events.append(
                 _event(data.scope, memory.id, memory.lineage_id, "ADD", None, memory.text, reason, sources)
@@ -122,7 +136,15 @@ def plan(
             events.append(MemoryEvent(id=memory.id, memory=memory.text, event="ADD", reason=reason))
         elif op.op == "UPDATE" and old is not None:
             memory = _memory(
-                data, op, vectors[id(op)], sources, new_id(), text_hash, lineage=old.lineage_id, dedup=False
+                data,
+                op,
+                texts[id(op)],
+                vectors[id(op)],
+                sources,
+                new_id(),
+                text_hash,
+                lineage=old.lineage_id,
+                dedup=False,
             )
             batch.memories.append(memory)
             batch.supersede.append(Supersede(old.id, memory.id, max(data.observed_at, _micros(old))))
@@ -171,6 +193,7 @@ def _micros(record: MemoryRecord) -> int:
 def _memory(
     data: InferenceInput,
     op: Operation,
+    text: str,
     vector: Any,
     sources: list[str],
     id: str,
@@ -179,7 +202,6 @@ def _memory(
     lineage: str | None,
     dedup: bool,
 ) -> NewMemory:
-    text = op.text.strip()
     return NewMemory(
         id=id,
         lineage_id=lineage or id,
