@@ -70,7 +70,7 @@ def response_schema(categories: Sequence[str]) -> dict[str, Any]:
         "properties": {
             "operations": {
                 "type": "array",
-                "maxItems": 32,
+                "maxItems": 20,
                 "items": {
                     "type": "object",
                     "additionalProperties": False,
@@ -208,13 +208,17 @@ def parse_operations(text: str, known_numbers: set[int], categories: Sequence[st
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise ValueError(f"the JSON does not match the schema ({problems})") from None
+    unique: list[Operation] = []
     for op in parsed.operations:
+        if op not in unique:  # small models sometimes repeat an item verbatim
+            unique.append(op)
+    for op in unique:
         if op.id is not None and op.op != "ADD" and op.id not in known_numbers:
             listed = ", ".join(map(str, sorted(known_numbers))) or "none"
             raise ValueError(f"{op.op} refers to id {op.id}, which is not an existing memory (ids: {listed})")
         if op.category is not None and op.category not in categories:
             raise ValueError(f"category {op.category!r} is not one of {', '.join(categories)}")
-    return parsed.operations
+    return unique
 
 
 def _line(turn: Turn) -> str:

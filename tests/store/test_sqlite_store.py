@@ -111,3 +111,49 @@ def test_concurrent_processes_lose_nothing(tmp_path: Path) -> None:
         assert len(m.get_all(user_id=f"user-{w}", limit=1000).results) == batch * rounds
     assert m.store.check_integrity() == []
     m.close()
+
+
+def test_reads_by_id_never_scan_the_tenant(tmp_path: Path) -> None:
+    """Without statistics SQLite may prefer a scope index over the id lookup; at 1M rows that cost seconds."""
+    m = Memory(str(tmp_path / "plan.db"), HashEmbedder(16))
+    for user in ("a", "b"):
+        m.add([f"fact {i} about tea" for i in range(50)], user_id=user, infer=False)
+    statements: list[str] = []
+    db = m.store._db()  # type: ignore[attr-defined]
+    db.exec_trace = lambda cursor, sql, bindings: statements.append(sql) or True
+    hit = m.search("tea", user_id="a").results[0]
+    m.get(hit.id)
+    m.history(hit.id)
+    m.store.similarity("default", [hit.id], m.embedder.embed(["tea"])[0])
+    db.exec_trace = None
+    assert statements
+    for sql in statements:
+        if "FROM memories m" in sql and "rowid IN" not in sql.split("FROM memories m")[0]:
+            plan = " ".join(str(row) for row in db.execute("EXPLAIN QUERY PLAN " + sql, _dummy_bindings(sql)))
+            assert "memories_hash" not in plan and "SCAN m" not in plan, (sql, plan)
+    m.close()
+
+
+def _dummy_bindings(sql: str) -> tuple[object, ...]:
+    return tuple("[]" if i == 0 and "json_each" in sql else "x" for i in range(sql.count("?")))
+
+
+def test_vector_cache_follows_writes_from_other_store_instances(tmp_path: Path) -> None:
+    """Each store instance (like each process) caches partitions; versions keep the caches honest."""
+    path = str(tmp_path / "shared.db")
+    reader, writer = Memory(path, HashEmbedder()), Memory(path, HashEmbedder())
+    (tea,) = writer.add("I love tea", user_id="u", infer=False).results
+    assert [h.memory for h in reader.search("tea", user_id="u").results] == ["I love tea"]  # now cached
+    writer.add("tea with milk please", user_id="u", infer=False)
+    writer.update(tea.id, text="I hate tea")
+    dense = reader.store.vector_search(
+        reader._scope("u", None, None), reader.embedder.embed(["tea"])[0], 10, None, None, 0
+    )
+    assert {r.memory for r in reader.store.get("default", [c.id for c in dense])} == {
+        "I hate tea",
+        "tea with milk please",
+    }
+    writer.delete_all(user_id="u")
+    assert reader.search("tea", user_id="u").results == []
+    reader.close()
+    writer.close()

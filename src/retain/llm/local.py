@@ -294,6 +294,10 @@ class LocalLLM(LLM):
         }
         if schema is not None:
             request["json_schema"] = schema
+            # Greedy decoding inside a grammar can loop on the same item until max_tokens; a mild
+            # penalty on recent tokens breaks the loop without touching the grammar-forced structure.
+            request["repeat_penalty"] = 1.15
+            request["repeat_last_n"] = 128
         if stream:
             with self._lock:
                 self._load()

@@ -8,8 +8,8 @@ Keyword terms are tokenised here (porter stemming over unicode61) and stored
 with a short prefix derived from the partition and from whether the memory is
 current, e.g. `k3f9a2x1qc` + `berlin`. A user's query then reads only that
 user's postings, so keyword search costs the same at 1k or 1M memories in
-total, and superseded versions never crowd out current ones. BM25's document
-frequencies become per-user, which suits per-user retrieval.
+total, and superseded versions never crowd out current ones. (FTS5 still
+counts documents over the whole table, so BM25's IDF is only partly per-user.)
 
 Python's own sqlite3 cannot load extensions on many builds; apsw can, and
 ships a current SQLite with FTS5 on every platform.
@@ -28,7 +28,6 @@ from typing import Any
 
 import apsw
 import numpy as np
-import sqlite_vec
 
 from ..errors import StoreError
 from ..filters import And, Condition, Filter, Not, Or
@@ -36,6 +35,7 @@ from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
 from ..timeutil import from_micros, opt_from_micros
 from .base import Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
 from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
+from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_partition, to_blob, top_k
 
 BUSY_TIMEOUT_MS = 60_000
 MAX_QUERY_TERMS = 64
@@ -58,8 +58,11 @@ def term_prefix(partition: str, current: bool) -> str:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | Path, *, dimensions: int, embedder_id: str) -> None:
+    def __init__(
+        self, path: str | Path, *, dimensions: int, embedder_id: str, vector_cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
         self.path = Path(path)
+        self._vectors = VectorCache(vector_cache_bytes)
         self.dimensions = dimensions
         self._embedder_id = embedder_id
         self._local = threading.local()
@@ -81,9 +84,6 @@ class SQLiteStore(Store):
             except apsw.Error as exc:
                 raise StoreError(f"Cannot open {self.path}: {exc}") from exc
             db.set_busy_timeout(BUSY_TIMEOUT_MS)
-            db.enable_load_extension(True)
-            db.load_extension(sqlite_vec.loadable_path())
-            db.enable_load_extension(False)
             db.execute(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; "
                 "PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;"
@@ -162,6 +162,8 @@ class SQLiteStore(Store):
 
     def write(self, tenant_id: str, batch: WriteBatch) -> WriteOutcome:
         duplicates: dict[str, tuple[str, str]] = {}
+        touched: set[str] = set()
+        inserted: list[NewMemory] = []
         with self._write() as db:
             if batch.finish_job is not None:
                 job_id, result = batch.finish_job
@@ -191,17 +193,19 @@ class SQLiteStore(Store):
                     ),
                 )
             for mem in batch.memories:
-                match = self._duplicate_of(db, tenant_id, mem, batch.dedup_threshold) if mem.dedup else None
+                match = None
+                if mem.dedup:
+                    match = self._duplicate_of(db, tenant_id, mem, batch.dedup_threshold, inserted)
                 if match is None:
-                    self._insert_memory(db, tenant_id, mem, batch.at)
+                    touched.add(self._insert_memory(db, tenant_id, mem, batch.at))
+                    inserted.append(mem)
                 else:
                     duplicates[mem.id] = match
             for sup in batch.supersede:
-                self._end_validity(db, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id)
+                touched.add(self._end_validity(db, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id))
             for inv in batch.invalidate:
-                self._end_validity(db, tenant_id, inv.id, inv.valid_to, batch.at, None)
-            touched = [*batch.touch, *(existing for existing, _ in duplicates.values())]
-            for id in touched:
+                touched.add(self._end_validity(db, tenant_id, inv.id, inv.valid_to, batch.at, None))
+            for id in [*batch.touch, *(existing for existing, _ in duplicates.values())]:
                 db.execute(
                     "UPDATE memories SET updated_at = ? WHERE id = ? AND tenant_id = ?", (batch.at, id, tenant_id)
                 )
@@ -250,10 +254,16 @@ class SQLiteStore(Store):
                         batch.at,
                     ),
                 )
+            bump_versions(db, touched)
         return WriteOutcome(duplicates=duplicates)
 
-    def _duplicate_of(self, db: Any, tenant_id: str, mem: NewMemory, threshold: float) -> tuple[str, str] | None:
-        """A current memory of the same user and agent with the same text or a near-identical vector."""
+    def _duplicate_of(
+        self, db: Any, tenant_id: str, mem: NewMemory, threshold: float, inserted: list[NewMemory]
+    ) -> tuple[str, str] | None:
+        """A current memory of the same user and agent with the same text or a near-identical vector.
+
+        Runs inside the write transaction: the committed partition plus what this batch inserted so far.
+        """
         s = mem.scope
         row = db.execute(
             "SELECT id, lineage_id FROM memories WHERE tenant_id = ? AND hash = ? AND valid_to IS NULL "
@@ -262,22 +272,22 @@ class SQLiteStore(Store):
         ).fetchone()
         if row is not None:
             return str(row[0]), str(row[1])
-        hits = db.execute(
-            "SELECT memory_rowid, distance FROM memory_vectors WHERE embedding MATCH ? AND k = 1 "
-            "AND partition = ? AND agent_id = ? AND valid_to = ?",
-            (
-                np.asarray(mem.embedding, dtype=np.float32).tobytes(),
-                partition_of(tenant_id, s.user_id),
-                s.agent_id or "",
-                OPEN_END,
-            ),
-        ).fetchall()
-        if not hits or 1.0 - hits[0][1] < threshold:
+        query = np.frombuffer(to_blob(mem.embedding), dtype=np.float32)
+        for earlier in inserted:
+            same_scope = (earlier.scope.user_id, earlier.scope.agent_id) == (s.user_id, s.agent_id)
+            if same_scope and float(np.frombuffer(to_blob(earlier.embedding), dtype=np.float32) @ query) >= threshold:
+                return earlier.id, earlier.lineage_id
+        partition = load_partition(db, self._vectors, partition_of(tenant_id, s.user_id), self.dimensions)
+        hits = top_k([partition], [partition.mask(s.agent_id or "", None, None)], query, 1)
+        if not hits or hits[0][1] < threshold:
             return None
         row = db.execute("SELECT id, lineage_id FROM memories WHERE rowid = ?", (hits[0][0],)).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
-    def _insert_memory(self, db: Any, tenant_id: str, mem: NewMemory, at: int) -> None:
+    def _insert_memory(self, db: Any, tenant_id: str, mem: NewMemory, at: int) -> str:
+        """Insert a memory with its vector and keyword row; returns its partition."""
+        if np.shape(mem.embedding) != (self.dimensions,):
+            raise StoreError(f"Vector of shape {np.shape(mem.embedding)} for a store of {self.dimensions} dimensions.")
         s = mem.scope
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, "
@@ -309,7 +319,7 @@ class SQLiteStore(Store):
             (
                 rowid,
                 partition,
-                np.asarray(mem.embedding, dtype=np.float32).tobytes(),
+                to_blob(mem.embedding),
                 s.agent_id or "",
                 s.run_id or "",
                 mem.valid_from,
@@ -319,10 +329,10 @@ class SQLiteStore(Store):
         db.execute(
             "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, mem.text, True))
         )
+        return partition
 
-    def _end_validity(
-        self, db: Any, tenant_id: str, id: str, valid_to: int, at: int, superseded_by: str | None
-    ) -> None:
+    def _end_validity(self, db: Any, tenant_id: str, id: str, valid_to: int, at: int, superseded_by: str | None) -> str:
+        """Close a current memory's validity; returns its partition."""
         row = db.execute(
             "SELECT rowid, user_id, text FROM memories WHERE id = ? AND tenant_id = ? AND valid_to IS NULL",
             (id, tenant_id),
@@ -338,6 +348,7 @@ class SQLiteStore(Store):
         partition = partition_of(tenant_id, user_id)
         db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
         db.execute("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, text, False)))
+        return partition
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
         if not counts:
@@ -357,7 +368,7 @@ class SQLiteStore(Store):
         rows = (
             self._db()
             .execute(
-                f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE m.tenant_id = ? "
+                f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE +m.tenant_id = ? "
                 "AND m.id IN (SELECT value FROM json_each(?))",
                 (tenant_id, json.dumps(list(ids))),
             )
@@ -394,33 +405,32 @@ class SQLiteStore(Store):
     def vector_search(
         self, scope: Scope, vector: Vector, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
-        sql = "SELECT memory_rowid, distance FROM memory_vectors WHERE embedding MATCH ? AND k = ?"
-        params: list[Any] = [np.asarray(vector, dtype=np.float32).tobytes(), k]
-        if scope.user_id is not None:
-            sql += " AND partition = ?"
-            params.append(partition_of(scope.tenant_id, scope.user_id))
-        else:
-            sql += " AND partition >= ? AND partition < ?"
-            params += [f"{scope.tenant_id}\x1f", f"{scope.tenant_id}\x20"]
-        for column in ("agent_id", "run_id"):
-            value = getattr(scope, column)
-            if value is not None:
-                sql += f" AND {column} = ?"
-                params.append(value)
-        if as_of is None:
-            sql += " AND valid_to = ?"
-            params.append(OPEN_END)
-        else:
-            sql += " AND valid_from <= ? AND valid_to > ?"
-            params += [as_of, as_of]
+        db = self._db()
+        partitions = [load_partition(db, self._vectors, name, self.dimensions) for name in self._partitions(db, scope)]
+        masks = [p.mask(scope.agent_id, scope.run_id, as_of) for p in partitions]
         if where is not None:
             ssql, sparams = _scope_sql(scope)
             fsql, fparams = _compile(where)
-            sql += f" AND memory_rowid IN (SELECT m.rowid FROM memories m WHERE {ssql} AND {fsql})"
-            params += sparams + fparams
-        db = self._db()
-        hits = db.execute(sql, params).fetchall()
-        return self._candidates(db, scope, [(rowid, 1.0 - distance) for rowid, distance in hits], now)
+            allowed = np.fromiter(
+                (
+                    r[0]
+                    for r in db.execute(f"SELECT m.rowid FROM memories m WHERE {ssql} AND {fsql}", sparams + fparams)
+                ),
+                dtype=np.int64,
+            )
+            masks = [mask & np.isin(p.rowids, allowed) for p, mask in zip(partitions, masks, strict=True)]
+        query = np.frombuffer(to_blob(vector), dtype=np.float32)
+        return self._candidates(db, scope, top_k(partitions, masks, query, k), now)
+
+    def _partitions(self, db: Any, scope: Scope) -> list[str]:
+        """The partitions a scope can reach: the user's, or every user's with memories in the scope."""
+        if scope.user_id is not None:
+            return [partition_of(scope.tenant_id, scope.user_id)]
+        ssql, sparams = _scope_sql(scope)
+        return [
+            partition_of(scope.tenant_id, row[0])
+            for row in db.execute(f"SELECT DISTINCT m.user_id FROM memories m WHERE {ssql}", sparams)
+        ]
 
     def keyword_search(
         self, scope: Scope, query: str, k: int, where: Filter | None, as_of: int | None, now: int
@@ -429,23 +439,25 @@ class SQLiteStore(Store):
         if not tokens:
             return []
         db = self._db()
-        if scope.user_id is not None:
-            partitions = [partition_of(scope.tenant_id, scope.user_id)]
-        else:
-            ssql, sparams = _scope_sql(scope)
-            partitions = [
-                partition_of(scope.tenant_id, row[0])
-                for row in db.execute(f"SELECT DISTINCT m.user_id FROM memories m WHERE {ssql}", sparams)
-            ]
+        partitions = self._partitions(db, scope)
         ssql, sparams = _scope_sql(scope)
         validity, vparams = _validity_sql(as_of)
         extra, eparams = ("", []) if where is None else _compile(where)
         scored: list[tuple[int, float]] = []
+        validity_free = as_of is None and where is None
         for start in range(0, len(partitions), PARTITIONS_PER_QUERY):
             prefixes = [term_prefix(p, True) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
             if as_of is not None:
                 prefixes += [term_prefix(p, False) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
             match = " OR ".join(f'"{prefix}{token}"' for prefix in prefixes for token in tokens)
+            if scope.user_id is not None and scope.agent_id is None and scope.run_id is None and validity_free:
+                # The prefix already pins tenant, user and "current"; _candidates re-checks scope and expiry.
+                scored += db.execute(
+                    "SELECT rowid, -bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH ? "
+                    "ORDER BY bm25(memory_fts) LIMIT ?",
+                    (match, k),
+                ).fetchall()
+                continue
             sql = (
                 "SELECT m.rowid, -bm25(memory_fts) AS score FROM memory_fts JOIN memories m "
                 f"ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? AND {ssql} AND {validity}"
@@ -460,7 +472,7 @@ class SQLiteStore(Store):
         """Map rowids to ids, re-checking scope and expiry (defence in depth for isolation)."""
         if not scored:
             return []
-        ssql, sparams = _scope_sql(scope)
+        ssql, sparams = _scope_sql(scope, lookup=True)
         rows = db.execute(
             f"SELECT m.rowid, m.id FROM memories m WHERE m.rowid IN (SELECT value FROM json_each(?)) "
             f"AND {ssql} AND (m.expires_at IS NULL OR m.expires_at > ?)",
@@ -470,18 +482,8 @@ class SQLiteStore(Store):
         return [Candidate(ids[rowid], float(score)) for rowid, score in scored if rowid in ids]
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
-        if not ids:
-            return {}
-        rows = (
-            self._db()
-            .execute(
-                "SELECT m.id, vec_distance_cosine(v.embedding, ?) FROM memories m JOIN memory_vectors v "
-                "ON v.memory_rowid = m.rowid WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
-                (np.asarray(vector, dtype=np.float32).tobytes(), tenant_id, json.dumps(list(ids))),
-            )
-            .fetchall()
-        )
-        return {id: 1.0 - distance for id, distance in rows}
+        query = np.frombuffer(to_blob(vector), dtype=np.float32)
+        return {id: float(stored @ query) for id, stored in self.vectors(tenant_id, ids).items()}
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:
@@ -490,7 +492,7 @@ class SQLiteStore(Store):
             self._db()
             .execute(
                 "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
-                "WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+                "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
                 (tenant_id, json.dumps(list(ids))),
             )
             .fetchall()
@@ -544,11 +546,12 @@ class SQLiteStore(Store):
             rowids = [r[0] for r in db.execute(f"SELECT m.rowid FROM memories m WHERE {ssql}", sparams)]
             counts = self._purge_rowids(db, rowids)
             db.execute(
-                f"DELETE FROM memory_events AS m WHERE {ssql} OR (m.tenant_id = ? AND m.lineage_id IN "
-                "(SELECT value FROM json_each(?)))",
-                (*sparams, scope.tenant_id, lineages),
+                "DELETE FROM memory_events WHERE tenant_id = ? AND lineage_id IN (SELECT value FROM json_each(?))",
+                (scope.tenant_id, lineages),
             )
             events = db.changes()
+            db.execute(f"DELETE FROM memory_events AS m WHERE {ssql}", sparams)  # events of already-purged memories
+            events += db.changes()
             db.execute(f"DELETE FROM messages AS m WHERE {ssql}", sparams)
             messages = db.changes()
             db.execute(f"DELETE FROM jobs AS m WHERE {ssql}", sparams)
@@ -557,8 +560,16 @@ class SQLiteStore(Store):
 
     def _purge_rowids(self, db: Any, rowids: list[int]) -> PurgeCounts:
         ids = json.dumps(rowids)
+        partitions = [
+            r[0]
+            for r in db.execute(
+                "SELECT DISTINCT partition FROM memory_vectors WHERE memory_rowid IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+        ]
         db.execute("DELETE FROM memory_vectors WHERE memory_rowid IN (SELECT value FROM json_each(?))", (ids,))
         vectors = db.changes()
+        bump_versions(db, partitions)
         db.execute("DELETE FROM memory_fts WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
         keyword_rows = db.changes()
         db.execute("DELETE FROM memories WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
@@ -590,7 +601,7 @@ class SQLiteStore(Store):
             self._db()
             .execute(
                 "SELECT m.id, m.role, m.content, m.name, m.user_id, m.agent_id, m.run_id, m.metadata, m.created_at "
-                "FROM messages m WHERE m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+                "FROM messages m WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
                 (tenant_id, json.dumps(list(ids))),
             )
             .fetchall()
@@ -728,10 +739,11 @@ class SQLiteStore(Store):
         inserted = 0
         vectors = iter(embeddings)
         with self._write() as db:
+            touched: set[str] = set()
             for row in rows:
                 kind = row["type"]
                 if kind == "memory":
-                    self._import_memory(db, tenant_id, row, next(vectors))
+                    touched.add(self._import_memory(db, tenant_id, row, next(vectors)))
                     inserted += 1
                 elif kind == "event":
                     db.execute(
@@ -773,9 +785,10 @@ class SQLiteStore(Store):
                         ),
                     )
                     inserted += db.changes()
+            bump_versions(db, touched)
         return inserted
 
-    def _import_memory(self, db: Any, tenant_id: str, row: dict[str, Any], vector: Vector) -> None:
+    def _import_memory(self, db: Any, tenant_id: str, row: dict[str, Any], vector: Vector) -> str:
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, "
             "hash, created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
@@ -811,7 +824,7 @@ class SQLiteStore(Store):
             (
                 rowid,
                 partition,
-                np.asarray(vector, dtype=np.float32).tobytes(),
+                to_blob(vector),
                 row["agent_id"] or "",
                 row["run_id"] or "",
                 row["valid_from"],
@@ -822,6 +835,7 @@ class SQLiteStore(Store):
             "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)",
             (rowid, self._terms(partition, row["text"], current)),
         )
+        return partition
 
     # -- integrity --------------------------------------------------------------------
 
@@ -911,13 +925,16 @@ def _record(r: Sequence[Any]) -> MemoryRecord:
     )
 
 
-def _scope_sql(scope: Scope, alias: str = "m") -> tuple[str, list[Any]]:
-    parts = [f"{alias}.tenant_id = ?"]
+def _scope_sql(scope: Scope, alias: str = "m", *, lookup: bool = False) -> tuple[str, list[Any]]:
+    """The scope as SQL. With `lookup`, the columns are written `+col` so that SQLite keeps using the
+    rowid/id lookup the query is built on instead of scanning a scope index (it has no statistics)."""
+    plus = "+" if lookup else ""
+    parts = [f"{plus}{alias}.tenant_id = ?"]
     params: list[Any] = [scope.tenant_id]
     for column in ("user_id", "agent_id", "run_id"):
         value = getattr(scope, column)
         if value is not None:
-            parts.append(f"{alias}.{column} = ?")
+            parts.append(f"{plus}{alias}.{column} = ?")
             params.append(value)
     return "(" + " AND ".join(parts) + ")", params
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import apsw
 
-#: Stands in for "still valid" in the vector index, whose metadata columns hold no NULLs.
+#: Stands in for "still valid" in the vector table, so validity compares without NULL checks.
 OPEN_END = (1 << 62) - 1
 
 
@@ -115,20 +115,20 @@ def _m001_core(db: apsw.Connection, ctx: SchemaContext) -> None:
 
 
 def _m002_indexes(db: apsw.Connection, ctx: SchemaContext) -> None:
-    # Vectors are partitioned by tenant and user so a user's KNN scans only that user's
-    # chunks; small chunks keep many small partitions from bloating the file.
+    # One vector per memory version; searched in numpy per (tenant, user) partition (see vector_index.py).
     db.execute(
-        f"""
-        CREATE VIRTUAL TABLE memory_vectors USING vec0(
+        """
+        CREATE TABLE memory_vectors (
             memory_rowid INTEGER PRIMARY KEY,
-            partition TEXT PARTITION KEY,
-            embedding float[{ctx.dimensions}] distance_metric=cosine,
-            agent_id TEXT,
-            run_id TEXT,
-            valid_from INTEGER,
-            valid_to INTEGER,
-            chunk_size=64
+            partition TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            valid_from INTEGER NOT NULL,
+            valid_to INTEGER NOT NULL,
+            embedding BLOB NOT NULL
         );
+        CREATE INDEX memory_vectors_partition ON memory_vectors (partition);
+        CREATE TABLE partition_versions (partition TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
         """
     )
     # Keyword terms are stored pre-tokenised with a per-partition prefix (see
@@ -142,4 +142,20 @@ def _m002_indexes(db: apsw.Connection, ctx: SchemaContext) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[apsw.Connection, SchemaContext], None]] = [_m001_core, _m002_indexes]
+def _m003_event_scope_indexes(db: apsw.Connection, ctx: SchemaContext) -> None:
+    # delete_all(scope) deletes events by scope; without these it scans every event.
+    db.execute(
+        """
+        CREATE INDEX memory_events_user ON memory_events (tenant_id, user_id);
+        CREATE INDEX memory_events_agent ON memory_events (tenant_id, agent_id);
+        CREATE INDEX memory_events_run ON memory_events (tenant_id, run_id);
+        CREATE INDEX memory_events_tenant_lineage ON memory_events (tenant_id, lineage_id);
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[apsw.Connection, SchemaContext], None]] = [
+    _m001_core,
+    _m002_indexes,
+    _m003_event_scope_indexes,
+]

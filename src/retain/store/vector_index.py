@@ -1,0 +1,163 @@
+"""Exact per-user vector search: vectors in SQLite, searched in numpy.
+
+Vectors live in the `memory_vectors` table, one row per memory version, with
+its partition (tenant and user), agent, run and validity. A search loads the
+user's partition into a numpy matrix once and keeps it in a per-process LRU
+cache; every write bumps the partition's row in `partition_versions` in the
+same transaction, and each search reads that version (a primary-key lookup)
+before trusting its cached copy. So processes sharing the file stay
+consistent, and a warm search is one matrix-vector product: about 0.5 ms for
+10k x 384 on one core, where sqlite-vec's vec0 scan took 16-30 ms from the
+same file. The search is exact: no approximate index, no recall loss.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .sqlite_schema import OPEN_END
+
+DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition's vectors and the columns a search filters on."""
+
+    version: int
+    rowids: npt.NDArray[np.int64]
+    matrix: npt.NDArray[np.float32]
+    agent: npt.NDArray[np.object_]
+    run: npt.NDArray[np.object_]
+    valid_from: npt.NDArray[np.int64]
+    valid_to: npt.NDArray[np.int64]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * 16)
+
+    def mask(self, agent_id: str | None, run_id: str | None, as_of: int | None) -> npt.NDArray[np.bool_]:
+        if as_of is None:
+            keep: npt.NDArray[np.bool_] = self.valid_to == OPEN_END
+        else:
+            keep = (self.valid_from <= as_of) & (self.valid_to > as_of)
+        if agent_id is not None:
+            keep &= self.agent == agent_id
+        if run_id is not None:
+            keep &= self.run == run_id
+        return keep
+
+
+class VectorCache:
+    """Partitions by name, least recently used evicted beyond `max_bytes`. Thread-safe."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self._max = max_bytes
+        self._entries: OrderedDict[str, Partition] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, name: str, version: int) -> Partition | None:
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or entry.version != version:
+                return None
+            self._entries.move_to_end(name)
+            return entry
+
+    def put(self, name: str, partition: Partition) -> None:
+        with self._lock:
+            old = self._entries.pop(name, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            if partition.nbytes > self._max:
+                return
+            self._entries[name] = partition
+            self._bytes += partition.nbytes
+            while self._bytes > self._max:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+
+def version_of(db: Any, name: str) -> int:
+    row = db.execute("SELECT version FROM partition_versions WHERE partition = ?", (name,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def bump_versions(db: Any, names: Iterable[str]) -> None:
+    """Mark partitions changed; call inside the write transaction that changed them."""
+    db.executemany(
+        "INSERT INTO partition_versions (partition, version) VALUES (?, 1) "
+        "ON CONFLICT (partition) DO UPDATE SET version = version + 1",
+        [(name,) for name in set(names)],
+    )
+
+
+def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> Partition:
+    """The partition as of the connection's current snapshot, from the cache when it is current."""
+    with db:  # one snapshot for the version and the rows (a savepoint inside a write transaction)
+        version = version_of(db, name)
+        cached = cache.get(name, version)
+        if cached is not None:
+            return cached
+        rows = db.execute(
+            "SELECT memory_rowid, agent_id, run_id, valid_from, valid_to, embedding FROM memory_vectors "
+            "WHERE partition = ?",
+            (name,),
+        ).fetchall()
+    matrix = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.float32).reshape(len(rows), dimensions)
+    partition = Partition(
+        version=version,
+        rowids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+        matrix=matrix,
+        agent=np.array([r[1] for r in rows], dtype=object),
+        run=np.array([r[2] for r in rows], dtype=object),
+        valid_from=np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows)),
+        valid_to=np.fromiter((r[4] for r in rows), dtype=np.int64, count=len(rows)),
+    )
+    cache.put(name, partition)
+    return partition
+
+
+def top_k(
+    partitions: list[Partition],
+    masks: list[npt.NDArray[np.bool_]],
+    query: npt.NDArray[np.float32],
+    k: int,
+) -> list[tuple[int, float]]:
+    """The `k` most similar (rowid, cosine) pairs over the masked rows, best first."""
+    rowids: list[npt.NDArray[np.int64]] = []
+    scores: list[npt.NDArray[np.float32]] = []
+    for partition, mask in zip(partitions, masks, strict=True):
+        if mask.all():
+            rowids.append(partition.rowids)
+            scores.append(partition.matrix @ query)
+        elif mask.any():
+            rowids.append(partition.rowids[mask])
+            scores.append(partition.matrix[mask] @ query)
+    if not rowids:
+        return []
+    all_rowids = np.concatenate(rowids)
+    all_scores = np.concatenate(scores)
+    best = np.argpartition(-all_scores, k - 1)[:k] if len(all_scores) > k else np.arange(len(all_scores))
+    best = best[np.argsort(-all_scores[best], kind="stable")]
+    return [(int(all_rowids[i]), float(all_scores[i])) for i in best]
+
+
+def to_blob(vector: npt.NDArray[np.floating]) -> bytes:
+    """Stored vectors are float32 and unit length, so a dot product is the cosine.
+
+    Embedders already return unit vectors; those are stored bit for bit (so export and import round-trip).
+    """
+    v = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    if norm > 0 and abs(norm - 1.0) > 1e-3:
+        v = (v / norm).astype(np.float32)
+    return v.tobytes()
