@@ -61,8 +61,13 @@ class Known:
     category: str | None
 
 
-def response_schema(categories: Sequence[str]) -> dict[str, Any]:
-    """JSON schema of the reply, strict-mode compatible (every field required, nulls allowed)."""
+def response_schema(categories: Sequence[str], known: int = 0) -> dict[str, Any]:
+    """JSON schema of the reply, strict-mode compatible (every field required, nulls allowed).
+
+    It admits only what is valid for this call: with no existing memories only ADD, and ids only
+    among the numbers shown, so constrained decoders (the local model) cannot produce the rest.
+    """
+    ops = ["ADD", "UPDATE", "DELETE", "NOOP"] if known else ["ADD"]
     return {
         "type": "object",
         "additionalProperties": False,
@@ -76,8 +81,8 @@ def response_schema(categories: Sequence[str]) -> dict[str, Any]:
                     "additionalProperties": False,
                     "required": ["op", "id", "text", "category", "reason"],
                     "properties": {
-                        "op": {"type": "string", "enum": ["ADD", "UPDATE", "DELETE", "NOOP"]},
-                        "id": {"type": ["integer", "null"]},
+                        "op": {"type": "string", "enum": ops},
+                        "id": {"type": ["integer", "null"], "enum": [None, *range(1, known + 1)]},
                         "text": {"type": "string", "maxLength": 500},
                         "category": {"type": "string", "enum": list(categories)},
                         "reason": {"type": "string", "maxLength": 200},

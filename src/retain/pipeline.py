@@ -69,7 +69,7 @@ def decide(llm: LLM, data: InferenceInput) -> Decision:
         categories=data.categories,
         instructions=data.instructions,
     )
-    schema = response_schema(data.categories)
+    schema = response_schema(data.categories, len(data.existing))
     known = set(range(1, len(data.existing) + 1))
     usage = Usage()
     error = ""
