@@ -138,10 +138,10 @@ def top_k(
     for partition, mask in zip(partitions, masks, strict=True):
         if mask.all():
             rowids.append(partition.rowids)
-            scores.append(partition.matrix @ query)
+            scores.append(_scores(partition.matrix, query))
         elif mask.any():
             rowids.append(partition.rowids[mask])
-            scores.append(partition.matrix[mask] @ query)
+            scores.append(_scores(partition.matrix[mask], query))
     if not rowids:
         return []
     all_rowids = np.concatenate(rowids)
@@ -149,6 +149,19 @@ def top_k(
     best = np.argpartition(-all_scores, k - 1)[:k] if len(all_scores) > k else np.arange(len(all_scores))
     best = best[np.argsort(-all_scores[best], kind="stable")]
     return [(int(all_rowids[i]), float(all_scores[i])) for i in best]
+
+
+#: OpenBLAS runs a matrix-vector product this small on one thread. Larger products fan out to every
+#: core, and on a busy machine the threads wait on each other: measured here at load 5 on 2 cores,
+#: 10k x 384 took 0.2 ms p50 but 8 ms p95 in one call, and 0.8 ms p50 / 1.3 ms p95 in 1024-row blocks.
+GEMV_ROWS = 1024
+
+
+def _scores(matrix: npt.NDArray[np.float32], query: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    out = np.empty(len(matrix), dtype=np.float32)
+    for start in range(0, len(matrix), GEMV_ROWS):
+        np.matmul(matrix[start : start + GEMV_ROWS], query, out=out[start : start + GEMV_ROWS])
+    return out
 
 
 def to_blob(vector: npt.NDArray[np.floating]) -> bytes:
