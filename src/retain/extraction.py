@@ -66,6 +66,7 @@ def response_schema(categories: Sequence[str], known: int = 0) -> dict[str, Any]
 
     It admits only what is valid for this call: with no existing memories only ADD, and ids only
     among the numbers shown, so constrained decoders (the local model) cannot produce the rest.
+    The length caps bound a reply even when a small model starts repeating itself.
     """
     ops = ["ADD", "UPDATE", "DELETE", "NOOP"] if known else ["ADD"]
     return {
@@ -75,7 +76,7 @@ def response_schema(categories: Sequence[str], known: int = 0) -> dict[str, Any]
         "properties": {
             "operations": {
                 "type": "array",
-                "maxItems": 20,
+                "maxItems": 12,
                 "items": {
                     "type": "object",
                     "additionalProperties": False,
@@ -83,9 +84,9 @@ def response_schema(categories: Sequence[str], known: int = 0) -> dict[str, Any]
                     "properties": {
                         "op": {"type": "string", "enum": ops},
                         "id": {"type": ["integer", "null"], "enum": [None, *range(1, known + 1)]},
-                        "text": {"type": "string", "maxLength": 500},
+                        "text": {"type": "string", "maxLength": 240},
                         "category": {"type": "string", "enum": list(categories)},
-                        "reason": {"type": "string", "maxLength": 200},
+                        "reason": {"type": "string", "maxLength": 100},
                     },
                 },
             }

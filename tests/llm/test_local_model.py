@@ -54,7 +54,8 @@ def test_schema_constrained_extraction(llm: LocalLLM) -> None:
 
 
 def test_streaming_reply_and_usage(llm: LocalLLM) -> None:
-    stream = llm.complete([{"role": "user", "content": "Say hello in three words."}], stream=True)
+    prompt = "Count from 1 to 10 in words, separated by commas."
+    stream = llm.complete([{"role": "user", "content": prompt}], stream=True)
 
     chunks = list(stream)
 

@@ -240,7 +240,7 @@ class LocalLLM(LLM):
         model_dir: str | Path | None = None,
         n_threads: int = 1,
         n_ctx: int = 8192,
-        max_tokens: int = 1024,
+        max_tokens: int = 1536,
         temperature: float = 0.7,
         env: Mapping[str, str] | None = None,
     ) -> None:
