@@ -331,3 +331,30 @@ def test_purged_messages_make_a_queued_job_a_no_op(mem: Memory, llm: ScriptedLLM
     mem.store.delete_messages(mem._scope("v", None, None))
     assert mem.run_jobs() == 1
     assert mem.jobs()[0].status == "done" and llm.calls == []
+
+
+def test_second_change_to_one_memory_keeps_its_fact(mem: Memory, llm: ScriptedLLM) -> None:
+    llm.enqueue(ops(("ADD", None, "User lives in Berlin", "fact", "")))
+    mem.add("I live in Berlin", user_id="u")
+    llm.enqueue(
+        ops(
+            ("UPDATE", 1, "User lives in Munich", "fact", "moved"),
+            ("UPDATE", 1, "User works in Munich", "fact", "new job"),
+            ("NOOP", 1, "", "fact", "same"),
+        )
+    )
+    result = mem.add("I moved to Munich and work there now", user_id="u")
+    assert [(e.event, e.memory) for e in result.results] == [
+        ("UPDATE", "User lives in Munich"),
+        ("ADD", "User works in Munich"),
+    ]
+    assert llm.pending == 0 and len(llm.calls) == 2
+
+
+def test_schema_only_admits_valid_operations() -> None:
+    from retain.extraction import response_schema
+
+    empty = response_schema(["fact"], 0)["properties"]["operations"]["items"]
+    assert empty["properties"]["op"]["enum"] == ["ADD"] and empty["properties"]["id"]["enum"] == [None]
+    shapes = response_schema(["fact"], 2)["properties"]["operations"]["items"]["anyOf"]
+    assert [s["properties"]["id"]["enum"] for s in shapes] == [[None], [1, 2]]

@@ -62,35 +62,35 @@ class Known:
 
 
 def response_schema(categories: Sequence[str], known: int = 0) -> dict[str, Any]:
-    """JSON schema of the reply, strict-mode compatible (every field required, nulls allowed).
+    """JSON schema of the reply, strict-mode compatible (every field required, closed objects).
 
-    It admits only what is valid for this call: with no existing memories only ADD, and ids only
-    among the numbers shown, so constrained decoders (the local model) cannot produce the rest.
-    The length caps bound a reply even when a small model starts repeating itself.
+    It admits only what is valid for this call: ADD always carries `"id": null`, and UPDATE,
+    DELETE and NOOP carry one of the numbers shown (so with no existing memories only ADD is
+    possible). Constrained decoders (the local model) cannot produce anything else. The length
+    caps bound a reply even when a small model starts repeating itself.
     """
-    ops = ["ADD", "UPDATE", "DELETE", "NOOP"] if known else ["ADD"]
+
+    def item(ops: list[str], ids: list[int | None]) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["op", "id", "text", "category", "reason"],
+            "properties": {
+                "op": {"type": "string", "enum": ops},
+                "id": {"enum": ids},
+                "text": {"type": "string", "maxLength": 240},
+                "category": {"type": "string", "enum": list(categories)},
+                "reason": {"type": "string", "maxLength": 100},
+            },
+        }
+
+    add = item(["ADD"], [None])
+    items = {"anyOf": [add, item(["UPDATE", "DELETE", "NOOP"], list(range(1, known + 1)))]} if known else add
     return {
         "type": "object",
         "additionalProperties": False,
         "required": ["operations"],
-        "properties": {
-            "operations": {
-                "type": "array",
-                "maxItems": 12,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["op", "id", "text", "category", "reason"],
-                    "properties": {
-                        "op": {"type": "string", "enum": ops},
-                        "id": {"type": ["integer", "null"], "enum": [None, *range(1, known + 1)]},
-                        "text": {"type": "string", "maxLength": 240},
-                        "category": {"type": "string", "enum": list(categories)},
-                        "reason": {"type": "string", "maxLength": 100},
-                    },
-                },
-            }
-        },
+        "properties": {"operations": {"type": "array", "maxItems": 12, "items": items}},
     }
 
 
@@ -224,7 +224,23 @@ def parse_operations(text: str, known_numbers: set[int], categories: Sequence[st
             raise ValueError(f"{op.op} refers to id {op.id}, which is not an existing memory (ids: {listed})")
         if op.category is not None and op.category not in categories:
             raise ValueError(f"category {op.category!r} is not one of {', '.join(categories)}")
-    return unique
+    return one_change_per_memory(unique)
+
+
+def one_change_per_memory(operations: list[Operation]) -> list[Operation]:
+    """Keep the first operation on each existing memory. A later UPDATE of the same memory is kept
+    as an ADD, so its fact is not lost; a later DELETE or NOOP of it is dropped."""
+    seen: set[int] = set()
+    out: list[Operation] = []
+    for op in operations:
+        if op.op == "ADD" or op.id is None:
+            out.append(op)
+        elif op.id not in seen:
+            seen.add(op.id)
+            out.append(op)
+        elif op.op == "UPDATE":
+            out.append(op.model_copy(update={"op": "ADD", "id": None}))
+    return out
 
 
 def _line(turn: Turn) -> str:

@@ -81,9 +81,7 @@ def decide(llm: LLM, data: InferenceInput) -> Decision:
             llm_calls=usage.llm_calls + 1,
         )
         try:
-            operations = parse_operations(completion.text, known, data.categories)
-            _check_one_op_per_memory(operations)
-            return Decision(operations, usage)
+            return Decision(parse_operations(completion.text, known, data.categories), usage)
         except ValueError as exc:
             error = str(exc)
             if attempt == 0:
@@ -93,15 +91,6 @@ def decide(llm: LLM, data: InferenceInput) -> Decision:
         provider=llm.name,
         retryable=True,
     )
-
-
-def _check_one_op_per_memory(operations: list[Operation]) -> None:
-    seen: set[int] = set()
-    for op in operations:
-        if op.id is not None and op.op != "ADD":
-            if op.id in seen:
-                raise ValueError(f"memory {op.id} has more than one operation; give each memory at most one")
-            seen.add(op.id)
 
 
 def plan(
