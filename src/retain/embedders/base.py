@@ -23,10 +23,6 @@ class Embedder(ABC):
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed `texts` in order. An empty input gives an array of shape (0, dimensions)."""
 
-    def embed_one(self, text: str) -> Vectors:
-        vector: Vectors = self.embed([text])[0]
-        return vector
-
 
 def normalise(vectors: npt.NDArray[np.floating]) -> Vectors:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
