@@ -288,7 +288,7 @@ WORKER = textwrap.dedent(
     class Stuck(LLM):
         name = "stuck"
         model = "stuck"
-        def complete(self, messages, schema=None, *, stream=False):
+        def _complete(self, checked, schema, stream):
             print("calling", flush=True)
             time.sleep(60)
             raise AssertionError("unreachable")

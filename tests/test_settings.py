@@ -9,6 +9,7 @@ from retain import ConfigError, Settings
 
 def test_defaults_put_the_store_in_the_data_dir_not_tmp() -> None:
     settings = Settings.from_env({"XDG_DATA_HOME": "/srv/data"})
+    assert settings.store == "sqlite:////srv/data/retain/retain.db"
     assert settings.embedder == "local:minilm"
     assert settings.llm is None
 

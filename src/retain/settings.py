@@ -17,9 +17,10 @@ from .errors import ConfigError
 DEFAULT_CATEGORIES = ("preference", "fact", "goal", "context")
 
 
-def default_store_url() -> str:
+def default_store_url(environ: Mapping[str, str] | None = None) -> str:
     """A file in the user's data directory, never /tmp."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return f"sqlite:///{Path(base) / 'retain' / 'retain.db'}"
 
 
@@ -53,9 +54,7 @@ class Settings:
             values.update(_read_env_file(Path(env_file)))
         values.update(os.environ if environ is None else environ)
         settings = cls()
-        updates: dict[str, object] = {}
-        if v := values.get("RETAIN_STORE"):
-            updates["store"] = v
+        updates: dict[str, object] = {"store": values.get("RETAIN_STORE") or default_store_url(values)}
         if v := values.get("RETAIN_EMBEDDER"):
             updates["embedder"] = v
         if v := values.get("RETAIN_LLM"):

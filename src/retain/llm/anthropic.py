@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, overload
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -36,7 +36,6 @@ from retain.llm.base import (
     JSONSchema,
     Messages,
     StreamEnd,
-    check_messages,
     prompt_chars,
 )
 from retain.models import Usage
@@ -107,25 +106,7 @@ class AnthropicLLM(LLM):
         headers = {"x-api-key": key, "anthropic-version": API_VERSION}
         self._client = httpx.Client(headers=headers, timeout=make_timeout(timeout), transport=transport)
 
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[False] = False
-    ) -> Completion: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[True]
-    ) -> CompletionStream: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool
-    ) -> Completion | CompletionStream: ...
-
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool = False
-    ) -> Completion | CompletionStream:
-        checked = check_messages(messages)
+    def _complete(self, checked: Messages, schema: JSONSchema | None, stream: bool) -> Completion | CompletionStream:
         tool_schema, wrapped = tool_input_schema(schema) if schema is not None else (None, False)
         body = self._body(checked, tool_schema, stream=stream)
         url = f"{self.base_url}/v1/messages"

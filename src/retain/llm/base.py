@@ -157,7 +157,7 @@ class CompletionStream(Iterator[str]):
 
 
 class LLM(ABC):
-    """A chat model. Subclasses implement `complete` and declare their capabilities."""
+    """A chat model. Subclasses implement `_complete` and declare their capabilities as class attributes."""
 
     #: The registry prefix this provider is known by (`openai`, `anthropic`, `local`, ...).
     name: ClassVar[str] = ""
@@ -181,7 +181,6 @@ class LLM(ABC):
         self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool
     ) -> Completion | CompletionStream: ...
 
-    @abstractmethod
     def complete(
         self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool = False
     ) -> Completion | CompletionStream:
@@ -191,6 +190,11 @@ class LLM(ABC):
         match it; callers still validate it. With `stream=True`, returns a
         `CompletionStream` instead of a `Completion`.
         """
+        return self._complete(check_messages(messages), schema, stream)
+
+    @abstractmethod
+    def _complete(self, checked: Messages, schema: JSONSchema | None, stream: bool) -> Completion | CompletionStream:
+        """The one method a provider implements; `checked` has passed `check_messages`."""
 
     def close(self) -> None:
         """Release connections or a loaded model. The instance may not be used afterwards."""

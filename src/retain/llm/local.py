@@ -31,7 +31,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any
 
 from retain.errors import ConfigError, ProviderError
 from retain.llm.base import (
@@ -43,7 +43,6 @@ from retain.llm.base import (
     StreamEnd,
     approx_tokens,
     approx_tokens_from_chars,
-    check_messages,
     prompt_chars,
 )
 from retain.models import Usage
@@ -267,25 +266,7 @@ class LocalLLM(LLM):
     def model_path(self) -> Path:
         return self.model_dir / self.spec.filename
 
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[False] = False
-    ) -> Completion: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[True]
-    ) -> CompletionStream: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool
-    ) -> Completion | CompletionStream: ...
-
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool = False
-    ) -> Completion | CompletionStream:
-        checked = check_messages(messages)
+    def _complete(self, checked: Messages, schema: JSONSchema | None, stream: bool) -> Completion | CompletionStream:
         request: dict[str, Any] = {
             "messages": [{"role": m["role"], "content": m["content"]} for m in checked],
             "max_tokens": self.max_tokens,

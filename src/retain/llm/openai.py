@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, overload
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -43,7 +43,6 @@ from retain.llm.base import (
     StreamEnd,
     approx_tokens,
     approx_tokens_from_chars,
-    check_messages,
     prompt_chars,
     schema_instruction,
     with_system_instruction,
@@ -136,25 +135,7 @@ class OpenAILLM(LLM):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(headers=headers, timeout=make_timeout(timeout), transport=transport)
 
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[False] = False
-    ) -> Completion: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[True]
-    ) -> CompletionStream: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool
-    ) -> Completion | CompletionStream: ...
-
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool = False
-    ) -> Completion | CompletionStream:
-        checked = check_messages(messages)
+    def _complete(self, checked: Messages, schema: JSONSchema | None, stream: bool) -> Completion | CompletionStream:
         native = schema is not None and self._json_schema_ok
         response = self._send(self._body(checked, schema, native=native, stream=stream), stream=stream)
         if native and response.status_code in _SCHEMA_REJECTED:

@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any
 
 from retain.llm.base import (
     LLM,
@@ -28,7 +28,6 @@ from retain.llm.base import (
     StreamEnd,
     approx_tokens,
     approx_tokens_from_chars,
-    check_messages,
     prompt_chars,
 )
 from retain.models import Usage
@@ -73,25 +72,7 @@ class ScriptedLLM(LLM):
         """How many queued replies are left."""
         return len(self._replies)
 
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[False] = False
-    ) -> Completion: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: Literal[True]
-    ) -> CompletionStream: ...
-
-    @overload
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool
-    ) -> Completion | CompletionStream: ...
-
-    def complete(
-        self, messages: Messages, schema: JSONSchema | None = None, *, stream: bool = False
-    ) -> Completion | CompletionStream:
-        checked = check_messages(messages)
+    def _complete(self, checked: Messages, schema: JSONSchema | None, stream: bool) -> Completion | CompletionStream:
         with self._lock:
             self.calls.append(ScriptedCall(messages=checked, schema=schema, stream=stream))
             if not self._replies:
