@@ -130,6 +130,20 @@ class WriteOutcome:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """An API key's public record; the secret itself is only ever stored as a hash."""
+
+    id: str
+    tenant_id: str
+    name: str
+    #: The first characters of the key, so people can tell their keys apart in listings.
+    prefix: str
+    admin: bool
+    created_at: int
+    revoked_at: int | None = None
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A memory id with one signal's score; higher is better for every signal."""
 
@@ -228,6 +242,26 @@ class Store(ABC):
     @abstractmethod
     def retry_job(self, tenant_id: str, job_id: str, now: int) -> bool:
         """Requeue a failed or dead job now, with fresh attempts; False if there is no such job to retry."""
+
+    @abstractmethod
+    def job_counts(self) -> dict[str, int]:
+        """How many jobs are in each status, across tenants (for monitoring)."""
+
+    @abstractmethod
+    def create_api_key(self, key: ApiKey, secret_hash: str) -> None:
+        """Store a new key under the hash of its secret; StoreError if the id or hash exists."""
+
+    @abstractmethod
+    def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        """The key whose secret hashes to `secret_hash`, revoked or not; None if there is none."""
+
+    @abstractmethod
+    def list_api_keys(self, tenant_id: str | None) -> list[ApiKey]:
+        """Keys of one tenant (or of all tenants), oldest first."""
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: str, at: int, tenant_id: str | None = None) -> bool:
+        """Revoke a key (only within `tenant_id` when given); False if no such active key."""
 
     @abstractmethod
     def export_rows(self, tenant_id: str) -> Iterator[dict[str, Any]]:

@@ -33,7 +33,7 @@ from ..errors import StoreError
 from ..filters import And, Condition, Filter, Not, Or
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
 from ..timeutil import from_micros, opt_from_micros
-from .base import Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
+from .base import ApiKey, Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
 from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_partition, to_blob, top_k
 
@@ -659,6 +659,60 @@ class SQLiteStore(Store):
             )
             return bool(db.changes())
 
+    def job_counts(self) -> dict[str, int]:
+        rows = self._db().execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- API keys ---------------------------------------------------------------------
+
+    _KEY_COLUMNS = "id, tenant_id, name, prefix, admin, created_at, revoked_at"
+
+    def create_api_key(self, key: ApiKey, secret_hash: str) -> None:
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM api_keys WHERE id = ? OR secret_hash = ?", (key.id, secret_hash)).fetchone():
+                raise StoreError(f"An API key with id {key.id!r} or the same secret already exists.")
+            db.execute(
+                f"INSERT INTO api_keys ({self._KEY_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.tenant_id,
+                    key.name,
+                    key.prefix,
+                    int(key.admin),
+                    key.created_at,
+                    key.revoked_at,
+                    secret_hash,
+                ),
+            )
+
+    def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        row = (
+            self._db()
+            .execute(f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE secret_hash = ?", (secret_hash,))
+            .fetchone()
+        )
+        return None if row is None else _api_key(row)
+
+    def list_api_keys(self, tenant_id: str | None) -> list[ApiKey]:
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE ? IS NULL OR tenant_id = ? ORDER BY created_at, id",
+                (tenant_id, tenant_id),
+            )
+            .fetchall()
+        )
+        return [_api_key(r) for r in rows]
+
+    def revoke_api_key(self, key_id: str, at: int, tenant_id: str | None = None) -> bool:
+        with self._write() as db:
+            db.execute(
+                "UPDATE api_keys SET revoked_at = ? "
+                "WHERE id = ? AND revoked_at IS NULL AND (? IS NULL OR tenant_id = ?)",
+                (at, key_id, tenant_id, tenant_id),
+            )
+            return bool(db.changes())
+
     # -- export and import ------------------------------------------------------------
 
     def export_rows(self, tenant_id: str) -> Iterator[dict[str, Any]]:
@@ -869,6 +923,10 @@ class SQLiteStore(Store):
             table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
             for table in ("memories", "memory_events", "messages", "jobs", "memory_vectors", "memory_fts_docsize")
         }
+
+
+def _api_key(r: Sequence[Any]) -> ApiKey:
+    return ApiKey(id=r[0], tenant_id=r[1], name=r[2], prefix=r[3], admin=bool(r[4]), created_at=r[5], revoked_at=r[6])
 
 
 def _chat(r: Sequence[Any]) -> ChatMessage:

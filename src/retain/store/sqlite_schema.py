@@ -154,8 +154,28 @@ def _m003_event_scope_indexes(db: apsw.Connection, ctx: SchemaContext) -> None:
     )
 
 
+def _m004_api_keys(db: apsw.Connection, ctx: SchemaContext) -> None:
+    db.execute(
+        """
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            secret_hash TEXT NOT NULL UNIQUE,
+            admin INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            revoked_at INTEGER
+        );
+        CREATE INDEX api_keys_tenant ON api_keys (tenant_id, created_at);
+        CREATE INDEX jobs_status ON jobs (status);
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[apsw.Connection, SchemaContext], None]] = [
     _m001_core,
     _m002_indexes,
     _m003_event_scope_indexes,
+    _m004_api_keys,
 ]
