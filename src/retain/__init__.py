@@ -4,7 +4,7 @@ Search before the LLM call, add after it. See README.md.
 """
 
 from .async_memory import AsyncMemory
-from .errors import ConfigError, InvalidInputError, NotFoundError, ProviderError, RetainError, StoreError
+from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, ProviderError, RetainError, StoreError
 from .memory import Memory
 from .models import (
     AddResult,
@@ -25,6 +25,7 @@ __all__ = [
     "AsyncMemory",
     "ChatMessage",
     "ConfigError",
+    "ConflictError",
     "HistoryEntry",
     "Hit",
     "InvalidInputError",

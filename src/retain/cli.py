@@ -7,6 +7,8 @@ input); no tracebacks.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -362,6 +364,153 @@ def store_check(ctx: click.Context) -> None:
         click.echo("ok" if not problems else f"{len(problems)} problems", err=bool(problems))
         if problems:
             sys.exit(1)
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--no-auth", is_flag=True, help="Development only: no API keys, everything in tenant 'default'.")
+@click.pass_context
+def serve_command(ctx: click.Context, host: str, port: int, no_auth: bool) -> None:
+    """Run the HTTP API and the web UI (store from RETAIN_STORE, LLM from RETAIN_LLM).
+
+    Without RETAIN_LLM the local model is used when the [local] extra is installed.
+    On a store with no API keys, an admin key for tenant 'default' is made and printed once.
+    """
+    import uvicorn
+
+    from .keys import Keys
+    from .server import create_app
+
+    settings: Settings = ctx.obj["settings"]
+    if settings.llm is None and "RETAIN_LLM" not in os.environ:
+        settings = replace(settings, llm=_local_llm_if_installed())
+    with _errors():
+        memory = Memory(settings=settings)
+        app = create_app(settings, memory=memory, auth=not no_auth)
+    _configure_logging()
+    url = f"http://{host}:{port}"
+    click.echo(f"retain: store {settings.store}", err=True)
+    click.echo(f"retain: LLM {memory.llm.model if memory.llm else 'none (set RETAIN_LLM to enable chat)'}", err=True)
+    if no_auth:
+        click.echo("WARNING: --no-auth: anyone who can reach this port can read and delete every memory.", err=True)
+        click.echo(f"retain: open {url}/", err=True)
+    else:
+        keys = Keys(memory.store)
+        if not keys.exist():
+            _, secret = keys.create("default", name="first admin key", admin=True)
+            click.echo("retain: made the first API key (admin, tenant 'default'); it is shown only once:", err=True)
+            click.echo(f"retain: open {url}/#key={secret}", err=True)
+            click.echo(secret)
+        else:
+            click.echo(f"retain: open {url}/ and enter an API key (retain keys create --tenant NAME)", err=True)
+    try:
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    finally:
+        memory.close()
+
+
+def _local_llm_if_installed() -> str | None:
+    from .llm.local import DEFAULT_MODEL, LocalLLM
+
+    try:
+        LocalLLM(DEFAULT_MODEL)
+    except ConfigError:
+        return None
+    return f"local:{DEFAULT_MODEL}"
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('{"time": "%(asctime)s", "level": "%(levelname)s", "log": %(message)s}'))
+    for name in ("retain.http",):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.group()
+def keys() -> None:
+    """Make, list and revoke API keys (each key belongs to one tenant)."""
+
+
+@keys.command("create")
+@click.option("--tenant", "tenant_id", required=True, help="The tenant the key can read and write.")
+@click.option("--name", default="", help="A label for listings.")
+@click.option("--admin", is_flag=True, help="The key may also manage keys of every tenant.")
+@click.pass_context
+def keys_create(ctx: click.Context, tenant_id: str, name: str, admin: bool) -> None:
+    """Make a key. The key is printed as the last line, and only this once."""
+    from .keys import Keys
+
+    with _memory(ctx) as memory:
+        key, secret = Keys(memory.store).create(tenant_id, name=name, admin=admin)
+        click.echo(f"made key {key.id} ({key.name}) for tenant {key.tenant_id}{' [admin]' if admin else ''}", err=True)
+        click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--tenant", "tenant_id", help="Only this tenant's keys.")
+@click.pass_context
+def keys_list(ctx: click.Context, tenant_id: str | None) -> None:
+    """List keys (never their secrets)."""
+    from .keys import Keys
+
+    with _memory(ctx) as memory:
+        for key in Keys(memory.store).list(tenant_id):
+            state = "revoked" if key.revoked_at is not None else "active"
+            role = "admin" if key.admin else "user"
+            click.echo(f"{key.id}  {key.prefix}…  {key.tenant_id}  {role}  {state}  {key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    from .keys import Keys
+
+    with _memory(ctx) as memory:
+        Keys(memory.store).revoke(key_id)
+        click.echo(f"revoked {key_id}")
+
+
+@main.command("chat")
+@click.option("--user", "user_id", required=True, help="Who is chatting.")
+@click.option("--session", "session_id", help="Session id (default: a new one).")
+@click.option("--agent-mode", is_flag=True, help="Let the model search and save memories itself.")
+@click.pass_context
+def chat_command(ctx: click.Context, user_id: str, session_id: str | None, agent_mode: bool) -> None:
+    """Chat in the terminal with an assistant that remembers (needs RETAIN_LLM)."""
+    from .chat import Chat
+    from .memory import new_id
+
+    session = session_id or new_id()
+    with _memory(ctx) as memory:
+        chat = Chat(memory)
+        click.echo(f"session {session}; empty line or Ctrl+D to quit", err=True)
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                break
+            if not line.strip():
+                break
+            events = chat.stream(line, user_id=user_id, session_id=session, mode="agent" if agent_mode else "simple")
+            for event in events:
+                if event.type == "memories" and event.memories:
+                    click.echo(f"  (remembered: {'; '.join(m.memory for m in event.memories)})", err=True)
+                elif event.type == "tool":
+                    click.echo(f"  ({event.tool} {json.dumps(event.arguments)})", err=True)
+                elif event.type == "token":
+                    click.echo(event.text, nl=False)
+                elif event.type == "error":
+                    click.echo(f"error: {event.detail}", err=True)
+            click.echo()
+        chat.close()
+        memory.run_jobs()  # learn from this conversation before exiting
 
 
 def _record_line(record: MemoryRecord) -> str:

@@ -2,6 +2,7 @@
 
     RetainError                      root; catch this to catch everything Retain raises
     ├── InvalidInputError(ValueError) a caller passed something Retain cannot accept
+    │   └── ConflictError             ... because of the current state (e.g. updating a superseded memory)
     ├── NotFoundError(LookupError)    an id that does not exist in the caller's scope
     ├── ConfigError                   settings or a provider are missing or inconsistent
     ├── ProviderError                 an embedder or LLM failed or answered nonsense
@@ -24,6 +25,10 @@ class InvalidInputError(RetainError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class ConflictError(InvalidInputError):
+    """The request is well formed but conflicts with the current state (e.g. updating an old version)."""
 
 
 class NotFoundError(RetainError, LookupError):

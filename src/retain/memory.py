@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from .embedders import Embedder, embedder_from_spec
-from .errors import ConfigError, InvalidInputError, NotFoundError, RetainError
+from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, RetainError
 from .filters import Filter, parse_filters
 from .inputs import (
     MAX_LIMIT,
@@ -55,7 +55,7 @@ from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
 from .store.base import Job, NewEvent, NewJob, NewMemory, NewMessage, Supersede, Vector, WriteBatch
-from .timeutil import from_micros, now_micros
+from .timeutil import from_micros, now_micros, to_micros
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class Memory:
         if text is None and metadata is None:
             raise InvalidInputError("update() needs text= or metadata= (or both).", field="text")
         if old.valid_to is not None:
-            raise InvalidInputError(
+            raise ConflictError(
                 f"Memory {id!r} is no longer current (superseded by {old.superseded_by!r}); update that one.",
                 field="id",
             )
@@ -339,21 +339,69 @@ class Memory:
         background: bool,
         instructions: str | None,
     ) -> AddResult:
+        self._require_llm()
+        stored = [self._new_message(scope, m, observed) for m in parsed]
+        return self._extract(scope, stored, [m.id for m in stored], metadata, observed, background, instructions)
+
+    def extract(
+        self,
+        message_ids: list[str],
+        *,
+        user_id: str | None = None,
+        agent_id: str | None = None,
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        background: bool = True,
+        instructions: str | None = None,
+    ) -> AddResult:
+        """Learn from chat messages that are already stored (through a session or the chat loop).
+
+        Works like `add(infer=True)` over those messages. They must exist in this scope.
+        """
+        scope = self._scope(user_id, agent_id, run_id)
+        if not isinstance(message_ids, list) or not message_ids:
+            raise InvalidInputError("message_ids must be a non-empty list of message ids.", field="message_ids")
+        ids = [check_id(i) for i in message_ids]
+        found = {m.id: m for m in self.store.messages_by_id(self.tenant_id, ids)}
+        for i in ids:
+            m = found.get(i)
+            if m is None or any(
+                want is not None and have != want
+                for want, have in ((scope.user_id, m.user_id), (scope.agent_id, m.agent_id), (scope.run_id, m.run_id))
+            ):
+                raise NotFoundError("message", i)
+        if instructions is not None and not isinstance(instructions, str):
+            raise InvalidInputError("instructions must be a string.", field="instructions")
+        self._require_llm()
+        observed = to_micros(max(found[i].created_at for i in ids))
+        return self._extract(scope, [], ids, check_metadata(metadata), observed, background, instructions)
+
+    def _require_llm(self) -> None:
         if self.llm is None:
             raise ConfigError(
                 "add(infer=True) needs an LLM to extract facts: set RETAIN_LLM=openai:gpt-4o-mini (or "
                 "local:qwen2.5-1.5b), pass llm=..., or call add(..., infer=False) to store the messages verbatim."
             )
-        stored = [self._new_message(scope, m, observed) for m in parsed]
+
+    def _extract(
+        self,
+        scope: Scope,
+        new_messages: list[NewMessage],
+        message_ids: list[str],
+        metadata: dict[str, Any],
+        observed: int,
+        background: bool,
+        instructions: str | None,
+    ) -> AddResult:
+        """Queue one extraction job over `message_ids` (storing `new_messages` in the same transaction)."""
         payload = {
-            "message_ids": [m.id for m in stored],
+            "message_ids": message_ids,
             "metadata": metadata,
             "observed_at": observed,
             "instructions": instructions if instructions is not None else self.settings.instructions,
         }
         job = NewJob(new_id(), scope, "extract", payload, self.settings.job_max_attempts)
-        self.store.write(self.tenant_id, WriteBatch(at=now_micros(), messages=stored, jobs=[job]))
-        message_ids = [m.id for m in stored]
+        self.store.write(self.tenant_id, WriteBatch(at=now_micros(), messages=new_messages, jobs=[job]))
         if background:
             if self.settings.in_process_worker:
                 self.start_worker()

@@ -45,6 +45,10 @@ class Settings:
     job_lease_seconds: float = 600.0
     in_process_worker: bool = True
     worker_poll_seconds: float = 1.0
+    #: Requests per minute per API key (the service's rate limit, per process).
+    rate_limit_per_minute: int = 600
+    #: Largest request body the service accepts.
+    max_request_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
@@ -80,6 +84,10 @@ class Settings:
             updates["in_process_worker"] = _bool("RETAIN_IN_PROCESS_WORKER", v)
         if v := values.get("RETAIN_DEDUP_THRESHOLD"):
             updates["dedup_threshold"] = _fraction("RETAIN_DEDUP_THRESHOLD", v)
+        if v := values.get("RETAIN_RATE_LIMIT"):
+            updates["rate_limit_per_minute"] = _positive_int("RETAIN_RATE_LIMIT", v)
+        if v := values.get("RETAIN_MAX_REQUEST_BYTES"):
+            updates["max_request_bytes"] = _positive_int("RETAIN_MAX_REQUEST_BYTES", v)
         return replace(settings, **updates)  # type: ignore[arg-type]
 
 
