@@ -44,6 +44,8 @@ class AsyncMemory:
     delete = _awaitable(Memory.delete)
     delete_all = _awaitable(Memory.delete_all)
     history = _awaitable(Memory.history)
+    sources = _awaitable(Memory.sources)
+    extract = _awaitable(Memory.extract)
     messages = _awaitable(Memory.messages)
     add_message = _awaitable(Memory.add_message)
     clear_messages = _awaitable(Memory.clear_messages)

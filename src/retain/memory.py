@@ -328,6 +328,10 @@ class Memory:
         """Every event of every version of the memory, oldest first."""
         return self.store.history(self.tenant_id, self.get(id).lineage_id)
 
+    def sources(self, id: str) -> list[ChatMessage]:
+        """The chat messages a memory was learned from (those still stored), oldest first."""
+        return self.store.messages_by_id(self.tenant_id, self.get(id).source_message_ids)
+
     # -- inference and jobs -----------------------------------------------------------
 
     def _add_inferred(

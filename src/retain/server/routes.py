@@ -164,6 +164,12 @@ def memory_history(memory_id: str, memory: MemoryDep) -> list[HistoryEntry]:
     return memory.history(memory_id)
 
 
+@router.get("/v1/memories/{memory_id}/sources", tags=["memories"])
+def memory_sources(memory_id: str, memory: MemoryDep) -> list[ChatMessage]:
+    """The chat messages the memory was learned from."""
+    return memory.sources(memory_id)
+
+
 # -- sessions -------------------------------------------------------------------------
 
 
