@@ -35,6 +35,7 @@ from ..errors import (
     StoreError,
 )
 from ..keys import Keys
+from ..llm.base import LLM
 from ..memory import Memory
 from ..settings import Settings
 from .metrics import MeteredLLM, Metrics
@@ -62,9 +63,13 @@ def create_app(
     settings: Settings | None = None,
     *,
     memory: Memory | None = None,
+    chat_llm: LLM | None = None,
     auth: bool = True,
 ) -> FastAPI:
-    """The service. Pass `memory` to serve an existing one (tests do); otherwise it is built from `settings`."""
+    """The service. Pass `memory` to serve an existing one (tests do); otherwise it is built from `settings`.
+
+    Chat uses the memory's LLM unless `chat_llm` names another (say, a larger model for replies).
+    """
     settings = settings or (memory.settings if memory is not None else Settings.from_env())
     owned = memory is None
     memory = memory or Memory.from_config(settings)
@@ -86,7 +91,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.memory = memory
-    app.state.chat = Chat(memory)
+    app.state.chat = Chat(memory, MeteredLLM(chat_llm, metrics) if chat_llm is not None else None)
     app.state.metrics = metrics
     app.state.auth = Authenticator(Keys(memory.store), enabled=auth, rate_per_minute=settings.rate_limit_per_minute)
     app.include_router(router)
@@ -171,30 +176,28 @@ class _BodyLimit:
             await too_large(scope, receive, send)
             return
         seen = 0
-        started = False
+        exceeded = False
 
         async def counted_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _BodyTooLarge
+                exceeded = True  # stop reading; whatever the app answers is replaced by the 413
+                return {"type": "http.disconnect"}
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:
+                await send(message)
 
         try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await too_large(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await too_large(scope, receive, send)
 
 
 class _Observe:

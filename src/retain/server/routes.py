@@ -256,7 +256,7 @@ def retry_job(job_id: str, memory: MemoryDep) -> JobInfo:
 def info(request: Request, who: CallerDep) -> Info:
     """What this server runs on, and which LLM (if any) chat and extraction use."""
     memory: Memory = request.app.state.memory
-    llm = memory.llm
+    llm = request.app.state.chat.llm
     return Info(
         tenant_id=who.tenant_id,
         auth=request.app.state.auth.enabled,
