@@ -69,3 +69,8 @@ def test_malformed_messages_are_invalid_input() -> None:
     with pytest.raises(InvalidInputError):
         llm.complete([])
     assert llm.pending == 1
+
+
+def test_a_reply_can_be_computed_from_the_messages() -> None:
+    llm = ScriptedLLM().enqueue(lambda messages: messages[-1]["content"].upper())
+    assert llm.complete([{"role": "user", "content": "shout"}]).text == "SHOUT"

@@ -15,7 +15,7 @@ import json
 import re
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,8 @@ from retain.llm.base import (
 )
 from retain.models import Usage
 
-Reply = str | dict[str, Any] | list[Any] | BaseException
+#: A reply: text as is, a dict or list dumped as JSON, an exception to raise, or a function of the messages.
+Reply = str | dict[str, Any] | list[Any] | BaseException | Callable[[Messages], str]
 
 
 class ScriptExhausted(AssertionError):
@@ -49,7 +50,7 @@ class ScriptedCall:
 
 
 class ScriptedLLM(LLM):
-    """Replies with queued texts, JSON-dumped dicts, or raises queued exceptions, in order."""
+    """Replies with queued texts, JSON-dumped dicts, computed replies, or raises queued exceptions, in order."""
 
     name = "scripted"
     supports_json_schema = True
@@ -62,7 +63,8 @@ class ScriptedLLM(LLM):
         self.enqueue(*replies)
 
     def enqueue(self, *replies: Reply) -> ScriptedLLM:
-        """Queue replies: a str as is, a dict or list dumped as JSON, an exception to raise."""
+        """Queue replies: a str as is, a dict or list dumped as JSON, an exception to raise, or a
+        function that computes the reply from the messages (to check what the model was shown)."""
         with self._lock:
             self._replies.extend(replies)
         return self
@@ -83,6 +85,8 @@ class ScriptedLLM(LLM):
             reply = self._replies.popleft()
         if isinstance(reply, BaseException):
             raise reply
+        if callable(reply):
+            reply = reply(checked)
         text = reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
         usage = Usage(
             prompt_tokens=approx_tokens_from_chars(prompt_chars(checked)),
