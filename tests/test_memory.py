@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from retain import InvalidInputError, Memory
+from retain import InvalidInputError, Memory, Settings
+from retain.testing import HashEmbedder, ScriptedLLM
 
 
 def test_add_raw_stores_each_message_with_its_source(memory: Memory) -> None:
@@ -200,3 +202,14 @@ def test_tenants_are_separate_views(memory: Memory) -> None:
         other.delete(mine.id)
     other.delete_all(user_id="u")
     assert [r.memory for r in memory.get_all(user_id="u").results] == ["default tenant secret"]
+
+
+def test_a_tenant_view_shares_the_in_process_worker(tmp_path: Path) -> None:
+    llm = ScriptedLLM()
+    memory = Memory(str(tmp_path / "w.db"), HashEmbedder(), llm=llm, settings=Settings(worker_poll_seconds=0.05))
+    view = memory.for_tenant("acme")
+    view.start_worker()
+    memory.start_worker()
+    assert len(memory._workers) == 1 and view._workers is memory._workers
+    memory.close()
+    assert not memory._workers[0]._thread.is_alive(), "closing the Memory stops the worker its views started"  # type: ignore[union-attr]

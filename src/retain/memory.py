@@ -110,7 +110,8 @@ class Memory:
         self.tenant_id = make_scope(tenant_id, None, None, None, require=False).tenant_id
         self._access = _AccessRecorder(store) if self.settings.track_access else None
         self._embed_query = lru_cache(maxsize=512)(self._embed_query_uncached)
-        self._worker: Worker | None = None
+        #: The in-process worker (at most one), shared with every `for_tenant` view of this Memory.
+        self._workers: list[Worker] = []
         self._worker_lock = threading.Lock()
 
     @classmethod
@@ -504,11 +505,11 @@ class Memory:
     def start_worker(self) -> None:
         """Run background jobs in a thread of this process (started by the first background add)."""
         with self._worker_lock:
-            if self._worker is None:
-                self._worker = Worker(self, poll_seconds=self.settings.worker_poll_seconds)
-                self._worker.start()
+            if not self._workers:
+                self._workers.append(Worker(self, poll_seconds=self.settings.worker_poll_seconds))
+                self._workers[0].start()
             else:
-                self._worker.wake()
+                self._workers[0].wake()
 
     # -- chat history -----------------------------------------------------------------
 
@@ -540,8 +541,8 @@ class Memory:
     # -- lifecycle --------------------------------------------------------------------
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
+        for worker in self._workers:
+            worker.stop()
         if self._access is not None:
             self._access.close()
         self.store.close()

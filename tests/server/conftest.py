@@ -16,6 +16,7 @@ import uvicorn
 
 from retain import Memory, Settings
 from retain.keys import Keys
+from retain.llm.base import LLM
 from retain.server import create_app
 from retain.testing import HashEmbedder, ScriptedLLM
 
@@ -27,7 +28,7 @@ class Live:
     url: str
     memory: Memory
     llm: ScriptedLLM | None
-    chat_llm: ScriptedLLM | None
+    chat_llm: LLM | None
     admin: str  # an admin key of tenant "acme"
     acme: str  # a plain key of tenant "acme"
     globex: str  # a plain key of tenant "globex"
@@ -69,7 +70,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     def start(
         *,
         llm: ScriptedLLM | None = None,
-        chat_llm: ScriptedLLM | None = None,
+        chat_llm: LLM | None = None,
         auth: bool = True,
         settings: Settings = SETTINGS,
         **overrides: Any,

@@ -206,7 +206,7 @@ function memoryItem(record) {
       ` valid from ${fmtDate(record.valid_from)}`,
       superseded ? ` until ${fmtDate(record.valid_to)}` : "",
       ` · updated ${fmtDate(record.updated_at)}`,
-      ` · ${record.source.length} source message${record.source.length === 1 ? "" : "s"}`),
+      ` · ${record.source_message_ids.length} source message${record.source_message_ids.length === 1 ? "" : "s"}`),
     el("div", { class: "row" },
       el("button", { type: "button", class: "history-button", "aria-expanded": "false", text: "History and sources",
         onclick: (e) => toggleDetails(record, details, e.currentTarget) }),
