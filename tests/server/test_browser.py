@@ -7,6 +7,7 @@ pass if memory really went from session 1, through extraction, into session 2.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import time
@@ -162,6 +163,8 @@ def test_the_ui_works_by_keyboard_and_on_a_phone(start_server: StartServer, brow
 
 @pytest.mark.local_llm
 def test_smoke_chat_with_the_real_local_model(start_server: StartServer, browser: Any) -> None:
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip('the local LLM is not installed: pip install -e ".[local]"')
     from retain.llm.local import LocalLLM
 
     live = start_server(llm=None, chat_llm=LocalLLM(max_tokens=48))
