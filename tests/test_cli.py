@@ -75,3 +75,54 @@ def test_jobs_and_worker_commands(run, tmp_path: Path) -> None:  # type: ignore[
     assert [(j["id"], j["status"]) for j in listed] == [(job_id, "queued")]
     assert "needs an LLM" in run("worker", "--once", code=1)
     assert "No retryable job" in run("jobs", "retry", "nope", code=1)
+
+
+def test_keys_create_list_revoke(run) -> None:  # type: ignore[no-untyped-def]
+    secret = run("keys", "create", "--tenant", "acme", "--name", "ci").strip().splitlines()[-1]
+    assert secret.startswith("rtn_") and len(secret) > 40
+    listed = run("keys", "list")
+    assert "acme" in listed and "active" in listed and secret not in listed
+    key_id = listed.split()[0]
+    run("keys", "revoke", key_id)
+    assert "revoked" in run("keys", "list", "--tenant", "acme")
+    assert "No active API key" in run("keys", "revoke", key_id, code=1)
+    assert "tenant_id must be a non-empty string" in run("keys", "create", "--tenant", " ", code=2)
+
+
+def test_serve_starts_on_a_fresh_machine_and_prints_a_working_key(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETAIN_")}
+    env.update(HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"), RETAIN_LLM="none")
+    cmd = [sys.executable, "-m", "retain.cli", "serve", "--port", str(port)]
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        secret = server.stdout.readline().strip()
+        assert secret.startswith("rtn_")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None, "retain serve did not start"
+                time.sleep(0.2)
+        assert "Support chat" in httpx.get(f"http://127.0.0.1:{port}/").text
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/info").status_code == 401
+        info = httpx.get(f"http://127.0.0.1:{port}/v1/info", headers={"Authorization": f"Bearer {secret}"}).json()
+        assert info["tenant_id"] == "default" and info["admin"] is True and info["llm"] is None
+        assert (tmp_path / "data" / "retain" / "retain.db").exists()
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert "made the first API key" in err and f"#key={secret}" in err

@@ -522,3 +522,7 @@ def _history_line(entry: HistoryEntry) -> str:
     change = entry.new_memory if entry.old_memory is None else f"{entry.old_memory!r} -> {entry.new_memory!r}"
     reason = f"  because: {entry.reason}" if entry.reason else ""
     return f"{entry.created_at:%Y-%m-%d %H:%M:%S}  {entry.event:<6} {entry.memory_id}  {change}{reason}"
+
+
+if __name__ == "__main__":
+    main()

@@ -62,7 +62,7 @@ class Settings:
         if v := values.get("RETAIN_EMBEDDER"):
             updates["embedder"] = v
         if v := values.get("RETAIN_LLM"):
-            updates["llm"] = v
+            updates["llm"] = None if v.strip().lower() == "none" else v
         if v := values.get("RETAIN_MAX_MESSAGE_CHARS"):
             updates["max_message_chars"] = _positive_int("RETAIN_MAX_MESSAGE_CHARS", v)
         if v := values.get("RETAIN_MAX_MESSAGES_PER_ADD"):
