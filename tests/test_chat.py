@@ -210,3 +210,14 @@ def test_extract_learns_from_stored_messages_only_in_scope(mem: Memory, llm: Scr
     assert [e.memory for e in result.results] == ["User lives in Lisbon"]
     assert mem.get(result.results[0].id).source_message_ids == [said.id]
     assert np.isfinite(mem.search("Lisbon", user_id="ann").results[0].score)
+
+
+def test_a_client_that_leaves_mid_reply_still_has_its_message_learned(mem: Memory, llm: ScriptedLLM) -> None:
+    llm.enqueue("a long reply that nobody reads")
+    events = Chat(mem).stream("I play the cello", user_id="ann", session_id="s")
+    assert next(events).type == "memories"
+    assert next(events).type == "token"
+    events.close()  # what the server does when the client disconnects
+    (job,) = mem.jobs()
+    assert job.status == "queued"
+    assert [m.content for m in mem.sessions("s", user_id="ann").messages] == ["I play the cello"]

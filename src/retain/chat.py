@@ -226,6 +226,10 @@ class Chat:
                 yield ChatEvent(type="token", text=chunk)
             reply = stream.text
             usage = stream.usage
+        except GeneratorExit:  # the client went away mid-reply: keep learning from what the user said
+            if mode == "simple":
+                self._learn(scope, [user_message.id])
+            raise
         except Exception as exc:  # the boundary: whatever failed, the client gets an event and nothing is lost
             if not isinstance(exc, RetainError):
                 logger.exception("chat reply failed")
