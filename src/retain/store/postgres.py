@@ -33,7 +33,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
-from psycopg import sql as pgsql
 from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
@@ -154,8 +153,7 @@ class PostgresStore(Store):
             timeout=pool_timeout,
             open=False,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
-            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+            kwargs={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "autocommit": True},
             name="retain",
         )
         try:
@@ -184,7 +182,6 @@ class PostgresStore(Store):
         # JIT compiles plans for "expensive" queries; a user's KNN sort crosses that threshold and
         # JIT then adds tens of milliseconds to a query that takes two.
         conn.execute("SET jit = off")
-        conn.commit()
 
     def _connect_error(self, exc: BaseException) -> StoreError:
         return StoreError(
@@ -192,20 +189,66 @@ class PostgresStore(Store):
             "(is the server running, and is RETAIN_STORE right?)"
         )
 
-    @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-        """One transaction on a pooled connection: committed on success, rolled back on any error."""
+    def _check_open(self) -> None:
         if self._closed:
             raise StoreError("This store is closed; open a new Memory.")
+
+    def _error(self, exc: psycopg.Error) -> StoreError:
+        if isinstance(exc, psycopg.errors.UniqueViolation):
+            return StoreError(f"A row with this id already exists: {exc.diag.message_detail or exc}")
+        return StoreError(f"PostgreSQL error at {self.display}: {str(exc).strip()}")
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement in autocommit (one round trip).
+
+        A connection the server dropped (a restart, `pg_terminate_backend`) fails on use; a read is
+        idempotent, so it is retried on another connection, and the pool replaces the dead one.
+        """
+        self._check_open()
         try:
-            with self._pool.connection() as conn:
-                yield conn
-        except StoreError:
-            raise
-        except psycopg.errors.UniqueViolation as exc:
-            raise StoreError(f"A row with this id already exists: {exc.diag.message_detail or exc}") from exc
+            for attempt in range(self._pool.max_size + 1):
+                with self._pool.connection() as conn:
+                    try:
+                        return conn.execute(sql, params).fetchall()
+                    except psycopg.OperationalError:
+                        if not conn.broken or attempt == self._pool.max_size:
+                            raise
+            raise AssertionError("unreachable")
         except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL error at {self.display}: {str(exc).strip()}") from exc
+            raise self._error(exc) from exc
+
+    @contextmanager
+    def _tx(self, begin: str = "BEGIN") -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+        """One transaction on a pooled connection: committed on success, rolled back on any error.
+
+        Dead pooled connections are found at BEGIN, before anything is written, and replaced.
+        Any later failure (the connection lost mid-transaction included) raises StoreError and
+        the server rolls the transaction back, so an operation is applied entirely or not at all.
+        """
+        self._check_open()
+        try:
+            conn = self._pool.getconn()
+            try:
+                for attempt in range(self._pool.max_size + 1):
+                    try:
+                        conn.execute(begin)
+                        break
+                    except psycopg.OperationalError:
+                        if not conn.broken or attempt == self._pool.max_size:
+                            raise
+                        self._pool.putconn(conn)  # the pool discards a broken connection
+                        conn = self._pool.getconn()
+                try:
+                    yield conn
+                except BaseException:
+                    if not conn.broken:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                self._pool.putconn(conn)
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
 
     def _migrate(self) -> None:
         try:
@@ -455,11 +498,10 @@ class PostgresStore(Store):
     def get(self, tenant_id: str, ids: Sequence[str]) -> list[MemoryRecord]:
         if not ids:
             return []
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE m.tenant_id = %s AND m.id = ANY(%s::text[])",
-                (tenant_id, list(ids)),
-            ).fetchall()
+        rows = self._fetch(
+            f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE m.tenant_id = %s AND m.id = ANY(%s::text[])",
+            (tenant_id, list(ids)),
+        )
         by_id = {row[0]: _record(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
 
@@ -476,11 +518,10 @@ class PostgresStore(Store):
         if after is not None:
             sql += " AND m.seq < %s"
             params.append(after)
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {_MEMORY_COLUMNS}, m.seq FROM memories m WHERE {sql} ORDER BY m.seq DESC LIMIT %s",
-                (*params, limit + 1),
-            ).fetchall()
+        rows = self._fetch(
+            f"SELECT {_MEMORY_COLUMNS}, m.seq FROM memories m WHERE {sql} ORDER BY m.seq DESC LIMIT %s",
+            (*params, limit + 1),
+        )
         page = rows[:limit]
         next_after = int(page[-1][-1]) if len(rows) > limit else None
         return [_record(row) for row in page], next_after
@@ -504,12 +545,11 @@ class PostgresStore(Store):
         self, scope: Scope, vector: Vector, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
         sql, params = self._search_filter(scope, where, as_of, now)
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT m.id, -(m.embedding <#> %s) AS score FROM memories m WHERE {sql} "
-                "ORDER BY score DESC, m.id LIMIT %s",
-                (_unit(vector), *params, k),
-            ).fetchall()
+        rows = self._fetch(
+            f"SELECT m.id, -(m.embedding <#> %s) AS score FROM memories m WHERE {sql} "
+            "ORDER BY score DESC, m.id LIMIT %s",
+            (_unit(vector), *params, k),
+        )
         return [Candidate(str(r[0]), float(r[1])) for r in rows]
 
     def keyword_search(
@@ -517,13 +557,12 @@ class PostgresStore(Store):
     ) -> list[Candidate]:
         sql, params = self._search_filter(scope, where, as_of, now)
         # Any term may match (plainto_tsquery alone would require all of them); 1 = divide by log(length).
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT m.id, ts_rank_cd(m.terms, q.query, 1) AS score FROM memories m, "
-                "(SELECT replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')::tsquery AS query) q "
-                f"WHERE m.terms @@ q.query AND {sql} ORDER BY score DESC, m.id LIMIT %s",
-                (query, *params, k),
-            ).fetchall()
+        rows = self._fetch(
+            "SELECT m.id, ts_rank_cd(m.terms, q.query, 1) AS score FROM memories m, "
+            "(SELECT replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')::tsquery AS query) q "
+            f"WHERE m.terms @@ q.query AND {sql} ORDER BY score DESC, m.id LIMIT %s",
+            (query, *params, k),
+        )
         return [Candidate(str(r[0]), float(r[1])) for r in rows]
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
@@ -533,20 +572,18 @@ class PostgresStore(Store):
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:
             return {}
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT id, vector_send(embedding) FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
-                (tenant_id, list(ids)),
-            ).fetchall()
+        rows = self._fetch(
+            "SELECT id, vector_send(embedding) FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
+            (tenant_id, list(ids)),
+        )
         return {str(id): _from_send(data) for id, data in rows}
 
     def history(self, tenant_id: str, lineage_id: str) -> list[HistoryEntry]:
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT memory_id, event, old_text, new_text, reason, actor, source_message_ids, created_at "
-                "FROM memory_events WHERE tenant_id = %s AND lineage_id = %s ORDER BY seq",
-                (tenant_id, lineage_id),
-            ).fetchall()
+        rows = self._fetch(
+            "SELECT memory_id, event, old_text, new_text, reason, actor, source_message_ids, created_at "
+            "FROM memory_events WHERE tenant_id = %s AND lineage_id = %s ORDER BY seq",
+            (tenant_id, lineage_id),
+        )
         return [
             HistoryEntry(
                 memory_id=r[0],
@@ -599,11 +636,10 @@ class PostgresStore(Store):
 
     def messages(self, scope: Scope, limit: int | None) -> list[ChatMessage]:
         ssql, sparams = _scope_sql(scope)
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE {ssql} ORDER BY m.seq DESC LIMIT %s",
-                (*sparams, limit),
-            ).fetchall()
+        rows = self._fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE {ssql} ORDER BY m.seq DESC LIMIT %s",
+            (*sparams, limit),
+        )
         return [_chat(r) for r in reversed(rows)]
 
     def delete_messages(self, scope: Scope) -> int:
@@ -615,11 +651,10 @@ class PostgresStore(Store):
     def messages_by_id(self, tenant_id: str, ids: Sequence[str]) -> list[ChatMessage]:
         if not ids:
             return []
-        with self._tx() as conn:
-            rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.tenant_id = %s AND m.id = ANY(%s::text[])",
-                (tenant_id, list(ids)),
-            ).fetchall()
+        rows = self._fetch(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.tenant_id = %s AND m.id = ANY(%s::text[])",
+            (tenant_id, list(ids)),
+        )
         by_id = {r[0]: _chat(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
@@ -651,8 +686,7 @@ class PostgresStore(Store):
         if status is not None:
             sql += " AND status = %s"
             params.append(status)
-        with self._tx() as conn:
-            rows = conn.execute(sql + " ORDER BY created_at DESC, id DESC LIMIT %s", (*params, limit)).fetchall()
+        rows = self._fetch(sql + " ORDER BY created_at DESC, id DESC LIMIT %s", (*params, limit))
         return [_job(r) for r in rows]
 
     def retry_job(self, tenant_id: str, job_id: str, now: int) -> bool:
@@ -665,8 +699,7 @@ class PostgresStore(Store):
             return cur.rowcount > 0
 
     def job_counts(self) -> dict[str, int]:
-        with self._tx() as conn:
-            rows = conn.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        rows = self._fetch("SELECT status, count(*) FROM jobs GROUP BY status")
         return {str(r[0]): int(r[1]) for r in rows}
 
     # -- API keys ---------------------------------------------------------------------
@@ -693,17 +726,15 @@ class PostgresStore(Store):
             raise
 
     def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
-        with self._tx() as conn:
-            row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_hash = %s", (secret_hash,)).fetchone()
-        return None if row is None else _api_key(row)
+        rows = self._fetch(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE secret_hash = %s", (secret_hash,))
+        return _api_key(rows[0]) if rows else None
 
     def list_api_keys(self, tenant_id: str | None) -> list[ApiKey]:
         sql = f"SELECT {_KEY_COLUMNS} FROM api_keys"
         params: tuple[Any, ...] = ()
         if tenant_id is not None:
             sql, params = sql + " WHERE tenant_id = %s", (tenant_id,)
-        with self._tx() as conn:
-            rows = conn.execute(sql + " ORDER BY created_at, id", params).fetchall()
+        rows = self._fetch(sql + " ORDER BY created_at, id", params)
         return [_api_key(r) for r in rows]
 
     def revoke_api_key(self, key_id: str, at: int, tenant_id: str | None = None) -> bool:
@@ -719,8 +750,7 @@ class PostgresStore(Store):
     # -- export and import ------------------------------------------------------------
 
     def export_rows(self, tenant_id: str) -> Iterator[dict[str, Any]]:
-        with self._tx() as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")  # one snapshot
+        with self._tx("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") as conn:  # one snapshot
             with conn.cursor(name="retain_export_memories") as cur:
                 cur.execute(
                     "SELECT id, user_id, agent_id, run_id, lineage_id, text, category, metadata, hash, created_at, "
@@ -880,19 +910,14 @@ class PostgresStore(Store):
             "WHERE m.valid_to IS NULL AND m.superseded_by IS NOT NULL",
         }
         problems: list[str] = []
-        with self._tx() as conn:
-            for label, sql in checks.items():
-                problems += [f"{label}: {r[0]}" for r in conn.execute(sql)]
+        for label, sql in checks.items():
+            problems += [f"{label}: {r[0]}" for r in self._fetch(sql)]
         return problems
 
     def counts(self) -> dict[str, int]:
         """Row counts per table, for diagnostics and tests."""
-        counts: dict[str, int] = {}
-        with self._tx() as conn:
-            for table in ("memories", "memory_events", "messages", "jobs"):
-                row = conn.execute(pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(table))).fetchone()
-                counts[table] = int(row[0]) if row else 0
-        return counts
+        tables = ("memories", "memory_events", "messages", "jobs")
+        return {table: int(self._fetch(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
 
 
 def _b64(vector: Vector) -> str:
