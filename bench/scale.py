@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -231,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot(rows, args.plot or Path("scale.png"))
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server
     log(f"load average at start: {load_average()} on {os.cpu_count()} cpus; {shutil.disk_usage(args.workdir)}")
     embedder = MiniLMEmbedder()
     backends = Backends(args.workdir, args.dsn)

@@ -335,6 +335,10 @@ def test_keyword_search_ranks_matches_within_the_scope(store: Store) -> None:
     assert store.keyword_search(scope(), "the of and", 10, None, None, 0) == []
     assert store.keyword_search(scope(), "", 10, None, None, 0) == []
     assert ids_of(store.keyword_search(scope(), "DRINKING teas!", 10, None, None, 0)) == ["both"]  # stemmed
+    add(store, new_memory("quotes", "Don't touch C:\\temp or 'quoted' words; O'Brien said \\ \" |&!", unit(1)))
+    for query in ("O'Brien", "don't", "C:\\temp", "'quoted'", "\\", "|&!():*", "a & b | !c <-> d"):
+        store.keyword_search(scope(), query, 10, None, None, 0)  # any text is a valid query
+    assert "quotes" in ids_of(store.keyword_search(scope(), "O'Brien quoted", 10, None, None, 0))
 
 
 # -- dedup ----------------------------------------------------------------------------------

@@ -15,9 +15,12 @@ from typing import Any
 #: Serialises migrations across processes (an arbitrary constant: "retain" in ASCII).
 MIGRATION_LOCK = 0x72657461696E
 
-#: A btree entry holds at most ~2.7 kB, so the current-vector index only carries the
-#: embedding itself (for index-only KNN scans) up to this many dimensions.
-COVERING_MAX_DIMENSIONS = 600
+#: A btree entry holds at most 2,704 bytes. The store refuses memories whose tenant, user and
+#: memory ids take more than this many bytes together (UTF-8)...
+MAX_KEY_BYTES = 600
+#: ...so the current-vector index can carry the embedding (for index-only KNN scans) up to this
+#: many dimensions (all-MiniLM-L6-v2 has 384); larger vectors are read from the table.
+COVERING_MAX_DIMENSIONS = (2704 - 64 - MAX_KEY_BYTES - 8) // 4
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,12 @@ def _m002_knn_index(db: Any, ctx: SchemaContext) -> None:
     if ctx.dimensions <= COVERING_MAX_DIMENSIONS:
         db.execute(
             "CREATE INDEX memories_current_vectors ON memories (tenant_id, user_id) "
-            "INCLUDE (id, agent_id, run_id, expires_at, embedding) WHERE valid_to IS NULL"
+            "INCLUDE (id, expires_at, embedding) WHERE valid_to IS NULL"
         )
     else:
         db.execute(
             "CREATE INDEX memories_current_vectors ON memories (tenant_id, user_id) "
-            "INCLUDE (id, agent_id, run_id, expires_at) WHERE valid_to IS NULL"
+            "INCLUDE (id, expires_at) WHERE valid_to IS NULL"
         )
 
 
