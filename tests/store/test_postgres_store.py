@@ -247,3 +247,26 @@ def test_export_import_between_sqlite_and_postgres_is_lossless(
     assert _rows(to_sqlite) == _rows(pg_source)
     for m in (source, into_pg, back, pg_source, to_sqlite):
         m.close()
+
+
+def test_cli_moves_a_store_from_sqlite_to_postgres(tmp_path: Path, postgres_dsn: str) -> None:
+    from click.testing import CliRunner
+
+    from retain.cli import main
+
+    runner = CliRunner()
+    sqlite_env = {"RETAIN_STORE": f"sqlite:///{tmp_path / 'old.db'}", "RETAIN_EMBEDDER": "hash:32"}
+    pg_env = {"RETAIN_STORE": _as_url(postgres_dsn) + "?pool_max=2", "RETAIN_EMBEDDER": "hash:32"}
+
+    def run(env: dict[str, str], *args: str) -> str:
+        result = runner.invoke(main, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run(sqlite_env, "memories", "add", "I love tea", "--user", "alice")
+    run(sqlite_env, "export", "--out", str(tmp_path / "all.jsonl"))
+    assert "imported=3" in run(pg_env, "import", str(tmp_path / "all.jsonl"))
+    assert "ok" in run(pg_env, "store", "check")
+    listed = json.loads(run(pg_env, "memories", "list", "--user", "alice", "--json"))["results"]
+    assert [r["memory"] for r in listed] == ["I love tea"]
+    assert "ADD" in run(pg_env, "memories", "history", listed[0]["id"])
