@@ -115,3 +115,12 @@ def test_infer_without_llm_names_the_fix(memory: Memory) -> None:
     with pytest.raises(ConfigError, match="RETAIN_LLM=") as info:
         memory.add("I like tea", user_id="u")
     assert "infer=False" in str(info.value)
+
+
+def test_nul_characters_are_refused_before_any_backend_sees_them(memory: Memory) -> None:
+    """PostgreSQL cannot store U+0000 in text or jsonb; SQLite could, so both refuse it alike."""
+    with pytest.raises(InvalidInputError, match="NUL"):
+        memory.add("tea\x00time", user_id="u", infer=False)
+    with pytest.raises(InvalidInputError, match="NUL"):
+        memory.add("tea time", user_id="u", infer=False, metadata={"k": "a\x00b"})
+    assert memory.get_all(user_id="u").results == []

@@ -50,6 +50,8 @@ def check_text(text: Any, *, field: str, max_chars: int) -> str:
         raise InvalidInputError(f"{field} must be a string, got {type(text).__name__}.", field=field)
     if not text.strip():
         raise InvalidInputError(f"{field} is empty or only whitespace; pass some text.", field=field)
+    if "\x00" in text:  # PostgreSQL cannot store it, so no backend accepts it
+        raise InvalidInputError(f"{field} contains a NUL character (\\x00); remove it.", field=field)
     if len(text) > max_chars:
         raise InvalidInputError(
             f"{field} has {len(text)} characters, over the limit of {max_chars}; split it into smaller "
@@ -125,7 +127,9 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
         raise InvalidInputError("metadata must be a dict with string keys.", field="metadata")
     try:
-        json.dumps(metadata, allow_nan=False)
+        encoded = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"metadata must be JSON-serialisable: {exc}.", field="metadata") from None
+    if "\\u0000" in encoded:
+        raise InvalidInputError("metadata contains a NUL character (\\u0000); remove it.", field="metadata")
     return dict(metadata)

@@ -1,22 +1,569 @@
-"""The store contract, run against every backend through the `store` fixture."""
+"""The store contract, run against every backend through the `store` fixture.
+
+A backend is done when this passes. Tests talk to the store only through the
+`Store` interface, with small hand-made vectors so the expected neighbours are
+known exactly.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from retain.errors import StoreError
-from retain.store.base import ApiKey, Store
+from retain.filters import parse_filters
+from retain.models import Scope
+from retain.store.base import (
+    ApiKey,
+    Invalidate,
+    NewEvent,
+    NewJob,
+    NewMemory,
+    NewMessage,
+    Store,
+    Supersede,
+    Vector,
+    WriteBatch,
+)
 from retain.store.sqlite import SQLiteStore
 
+DIM = 8
+StoreFactory = Callable[[], Store]
 
-@pytest.fixture(params=["sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = SQLiteStore(tmp_path / "contract.db", dimensions=8, embedder_id="hash:8")
-    yield s
-    s.close()
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens stores on one backing database (several instances stand in for several processes)."""
+    opened: list[Store] = []
+    if request.param == "sqlite":
+        path = tmp_path / "contract.db"
+
+        def open_one() -> Store:
+            opened.append(SQLiteStore(path, dimensions=DIM, embedder_id="hash:8"))
+            return opened[-1]
+
+    else:
+        from retain.store.postgres import PostgresStore
+
+        dsn = request.getfixturevalue("postgres_dsn")
+
+        def open_one() -> Store:
+            opened.append(PostgresStore(dsn, dimensions=DIM, embedder_id="hash:8", pool_max=4))
+            return opened[-1]
+
+    yield open_one
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def unit(*values: float) -> Vector:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[: len(values)] = values
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def scope(user: str | None = "u1", agent: str | None = None, run: str | None = None, tenant: str = "t1") -> Scope:
+    return Scope(tenant_id=tenant, user_id=user, agent_id=agent, run_id=run)
+
+
+def new_memory(
+    id: str,
+    text: str,
+    vector: Vector,
+    s: Scope | None = None,
+    *,
+    lineage: str | None = None,
+    dedup: bool = False,
+    metadata: dict[str, Any] | None = None,
+    category: str | None = None,
+    valid_from: int = 1,
+    expires_at: int | None = None,
+) -> NewMemory:
+    return NewMemory(
+        id=id,
+        lineage_id=lineage or id,
+        scope=s or scope(),
+        text=text,
+        category=category,
+        metadata=metadata or {},
+        hash=f"hash:{text.lower()}",
+        valid_from=valid_from,
+        source_message_ids=[f"msg-{id}"],
+        embedding=vector,
+        expires_at=expires_at,
+        dedup=dedup,
+    )
+
+
+def event_for(m: NewMemory, event: str = "ADD", old: str | None = None) -> NewEvent:
+    return NewEvent(
+        memory_id=m.id,
+        lineage_id=m.lineage_id,
+        scope=m.scope,
+        event=event,
+        old_text=old,
+        new_text=m.text,
+        reason="test",
+        actor="test",
+        source_message_ids=m.source_message_ids,
+    )
+
+
+def add(store: Store, *memories: NewMemory, at: int = 10, tenant: str = "t1", **extra: Any) -> Any:
+    batch = WriteBatch(at=at, memories=list(memories), events=[event_for(m) for m in memories], **extra)
+    return store.write(tenant, batch)
+
+
+def update(store: Store, old_id: str, new: NewMemory, at: int, tenant: str = "t1") -> None:
+    store.write(
+        tenant,
+        WriteBatch(
+            at=at,
+            memories=[new],
+            supersede=[Supersede(old_id=old_id, new_id=new.id, valid_to=at)],
+            events=[event_for(new, "UPDATE")],
+        ),
+    )
+
+
+def message(id: str, s: Scope, content: str = "hi", at: int = 1) -> NewMessage:
+    return NewMessage(id=id, scope=s, role="user", content=content, name=None, metadata={"n": id}, created_at=at)
+
+
+def job(id: str, s: Scope | None = None, max_attempts: int = 3) -> NewJob:
+    return NewJob(id=id, scope=s or scope(), kind="extract", payload={"job": id}, max_attempts=max_attempts)
+
+
+def ids_of(candidates: list[Any]) -> list[str]:
+    return [c.id for c in candidates]
+
+
+# -- writes and reads -----------------------------------------------------------------------
+
+
+def test_write_then_get_in_the_order_asked_skipping_unknown_ids(store: Store) -> None:
+    a = new_memory("a", "Likes tea", unit(1), metadata={"city": "Berlin"}, category="preference")
+    b = new_memory("b", "Has a dog", unit(0, 1), scope(agent="ag", run="r1"), expires_at=10**15)
+    add(store, a, b, at=5)
+    got = store.get("t1", ["b", "nope", "a"])
+    assert [r.id for r in got] == ["b", "a"]
+    rb, ra = got
+    assert (ra.memory, ra.category, ra.metadata, ra.user_id, ra.agent_id) == (
+        "Likes tea",
+        "preference",
+        {"city": "Berlin"},
+        "u1",
+        None,
+    )
+    assert (rb.agent_id, rb.run_id, rb.source_message_ids, rb.hash) == ("ag", "r1", ["msg-b"], "hash:has a dog")
+    assert ra.valid_to is None and ra.superseded_by is None and ra.access_count == 0
+    assert rb.expires_at is not None
+    assert store.get("t1", []) == []
+    assert store.check_integrity() == []
+
+
+def test_list_memories_pages_newest_first_within_the_scope(store: Store) -> None:
+    for i in range(5):
+        add(store, new_memory(f"m{i}", f"fact {i}", unit(1, i)), at=10 + i)
+    add(store, new_memory("other", "fact x", unit(1), scope(user="u2")))
+    add(store, new_memory("agent", "fact y", unit(1), scope(agent="ag")))
+    seen: list[str] = []
+    after = None
+    while True:
+        page, after = store.list_memories(scope(), None, False, 2, after)
+        seen += [r.id for r in page]
+        if after is None:
+            break
+    assert seen == ["agent", "m4", "m3", "m2", "m1", "m0"]
+    page, after = store.list_memories(scope(agent="ag"), None, False, 10, None)
+    assert ([r.id for r in page], after) == (["agent"], None)
+    page, _ = store.list_memories(scope(user=None, agent="ag"), None, False, 10, None)
+    assert [r.id for r in page] == ["agent"]
+
+
+def test_supersede_hides_the_old_version_but_as_of_still_sees_it(store: Store) -> None:
+    add(store, new_memory("v1", "Lives in Paris", unit(1)), at=100)
+    update(store, "v1", new_memory("v2", "Lives in Berlin", unit(1, 0.2), lineage="v1", valid_from=200), at=200)
+    old, new = store.get("t1", ["v1", "v2"])
+    assert (old.valid_to is not None, old.superseded_by, new.valid_to) == (True, "v2", None)
+    current, _ = store.list_memories(scope(), None, False, 10, None)
+    everything, _ = store.list_memories(scope(), None, True, 10, None)
+    assert [r.id for r in current] == ["v2"]
+    assert [r.id for r in everything] == ["v2", "v1"]
+    q = unit(1)
+    assert ids_of(store.vector_search(scope(), q, 10, None, None, 0)) == ["v2"]
+    assert ids_of(store.vector_search(scope(), q, 10, None, 150, 0)) == ["v1"]
+    assert ids_of(store.vector_search(scope(), q, 10, None, 250, 0)) == ["v2"]
+    assert ids_of(store.keyword_search(scope(), "lives", 10, None, None, 0)) == ["v2"]
+    assert ids_of(store.keyword_search(scope(), "paris", 10, None, 150, 0)) == ["v1"]
+    assert store.keyword_search(scope(), "paris", 10, None, None, 0) == []
+    history = store.history("t1", "v1")
+    assert [(h.memory_id, h.event) for h in history] == [("v1", "ADD"), ("v2", "UPDATE")]
+    assert store.check_integrity() == []
+
+
+def test_invalidate_hides_a_memory_and_a_stale_change_applies_nothing(store: Store) -> None:
+    add(store, new_memory("a", "Owns a cat", unit(1)), at=10)
+    store.write("t1", WriteBatch(at=20, invalidate=[Invalidate(id="a", valid_to=20)]))
+    assert store.vector_search(scope(), unit(1), 5, None, None, 0) == []
+    assert store.get("t1", ["a"])[0].valid_to is not None
+    # Changing a memory that is no longer current fails, and the whole batch with it.
+    with pytest.raises(StoreError, match="not current"):
+        store.write(
+            "t1",
+            WriteBatch(
+                at=30,
+                messages=[message("msg", scope())],
+                memories=[new_memory("b", "Owns a dog", unit(0, 1), lineage="a")],
+                supersede=[Supersede(old_id="a", new_id="b", valid_to=30)],
+            ),
+        )
+    assert store.get("t1", ["b"]) == []
+    assert store.messages_by_id("t1", ["msg"]) == []
+
+
+def test_a_failing_batch_writes_nothing(store: Store) -> None:
+    add(store, new_memory("a", "x", unit(1)))
+    with pytest.raises(StoreError):
+        add(store, new_memory("b", "y", unit(1)), new_memory("a", "dup id", unit(1)))
+    assert store.get("t1", ["b"]) == []
+    with pytest.raises(StoreError, match="dimensions"):
+        add(store, new_memory("c", "z", np.ones(3, dtype=np.float32)))
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+def test_vector_search_is_exact_and_scores_are_cosine(store: Store) -> None:
+    vectors = {"a": unit(1, 0.1), "b": unit(1, 0.5), "c": unit(0, 1), "d": unit(-1)}
+    add(store, *(new_memory(k, f"text {k}", v) for k, v in vectors.items()))
+    q = unit(1)
+    found = store.vector_search(scope(), q, 3, None, None, 0)
+    assert ids_of(found) == ["a", "b", "c"]
+    for c in found:
+        assert c.score == pytest.approx(float(vectors[c.id] @ q), abs=1e-5)
+    assert store.similarity("t1", ["d", "a"], q) == {
+        "d": pytest.approx(-1.0, abs=1e-5),
+        "a": pytest.approx(float(vectors["a"] @ q), abs=1e-5),
+    }
+    stored = store.vectors("t1", ["b"])["b"]
+    assert stored.dtype == np.float32 and np.array_equal(stored, vectors["b"])
+
+
+def test_vector_search_returns_the_true_top_k_of_each_user(store: Store) -> None:
+    """Recall, not just speed: per-user KNN must match brute force, whatever the index."""
+    rng = np.random.default_rng(7)
+    users = [f"user{i}" for i in range(12)]
+    owned: dict[str, list[tuple[str, Vector]]] = {u: [] for u in users}
+    for batch in range(6):
+        memories = []
+        for i in range(100):
+            user = users[int(rng.integers(len(users)))]
+            v = rng.standard_normal(DIM).astype(np.float32)
+            v /= np.linalg.norm(v)
+            mid = f"m{batch}-{i}"
+            owned[user].append((mid, v))
+            memories.append(new_memory(mid, f"memory {mid}", v, scope(user=user)))
+        add(store, *memories)
+    for user in users:
+        q = rng.standard_normal(DIM).astype(np.float32)
+        q /= np.linalg.norm(q)
+        truth = sorted(owned[user], key=lambda pair: -float(pair[1] @ q))[:10]
+        got = store.vector_search(scope(user=user), q, 10, None, None, 0)
+        assert ids_of(got) == [mid for mid, _ in truth], user
+
+
+def test_search_respects_agent_run_filters_and_expiry(store: Store) -> None:
+    add(
+        store,
+        new_memory("plain", "tea time", unit(1)),
+        new_memory("agent", "tea with the agent", unit(1, 0.1), scope(agent="ag")),
+        new_memory("run", "tea in the run", unit(1, 0.2), scope(agent="ag", run="r1")),
+        new_memory("berlin", "tea in Berlin", unit(1, 0.3), metadata={"city": "Berlin", "tags": ["x", "y"]}),
+        new_memory("year", "tea in 2021", unit(1, 0.4), metadata={"year": 2021}, category="fact"),
+        new_memory("expired", "tea that expired", unit(1), expires_at=50),
+    )
+    q = unit(1)
+
+    def both(s: Scope, where: dict[str, Any] | None = None, now: int = 100) -> tuple[set[str], set[str]]:
+        f = parse_filters(where)
+        return (
+            set(ids_of(store.vector_search(s, q, 20, f, None, now))),
+            set(ids_of(store.keyword_search(s, "tea", 20, f, None, now))),
+        )
+
+    everything = {"plain", "agent", "run", "berlin", "year"}
+    assert both(scope()) == (everything, everything)
+    assert both(scope(), now=10)[0] == everything | {"expired"}
+    assert both(scope(agent="ag")) == ({"agent", "run"},) * 2
+    assert both(scope(user=None, run="r1")) == ({"run"},) * 2
+    assert both(scope(), {"city": "Berlin"}) == ({"berlin"},) * 2
+    assert both(scope(), {"tags": {"contains": "y"}}) == ({"berlin"},) * 2
+    assert both(scope(), {"year": {"gte": 2020}}) == ({"year"},) * 2
+    assert both(scope(), {"year": {"gte": "2020"}}) == (set(), set())  # type-strict
+    assert both(scope(), {"category": "fact"}) == ({"year"},) * 2
+    assert both(scope(), {"city": {"ne": "Berlin"}})[0] == everything - {"berlin"}
+    assert both(scope(), {"NOT": {"city": "Berlin"}})[0] == everything - {"berlin"}
+    assert both(scope(), {"OR": [{"city": "Berlin"}, {"year": 2021}]})[0] == {"berlin", "year"}
+    assert both(scope(user="u2")) == (set(), set())
+
+
+def test_keyword_search_ranks_matches_within_the_scope(store: Store) -> None:
+    add(
+        store,
+        new_memory("both", "Alice drinks green tea in Berlin", unit(1)),
+        new_memory("one", "Alice likes Berlin", unit(1)),
+        new_memory("none", "Bob owns a dog", unit(1)),
+        new_memory("elsewhere", "green tea in Berlin", unit(1), scope(user="u2")),
+    )
+    found = store.keyword_search(scope(), "green tea Berlin", 10, None, None, 0)
+    assert ids_of(found) == ["both", "one"]
+    assert found[0].score > found[1].score > 0
+    assert store.keyword_search(scope(), "the of and", 10, None, None, 0) == []
+    assert store.keyword_search(scope(), "", 10, None, None, 0) == []
+    assert ids_of(store.keyword_search(scope(), "DRINKING teas!", 10, None, None, 0)) == ["both"]  # stemmed
+    add(store, new_memory("quotes", "Don't touch C:\\temp or 'quoted' words; O'Brien said \\ \" |&!", unit(1)))
+    for query in ("O'Brien", "don't", "C:\\temp", "'quoted'", "\\", "|&!():*", "a & b | !c <-> d"):
+        store.keyword_search(scope(), query, 10, None, None, 0)  # any text is a valid query
+    assert "quotes" in ids_of(store.keyword_search(scope(), "O'Brien quoted", 10, None, None, 0))
+
+
+# -- dedup ----------------------------------------------------------------------------------
+
+
+def test_dedup_matches_same_text_or_near_vector_in_the_same_user_and_agent(store: Store) -> None:
+    add(store, new_memory("orig", "Likes tea", unit(1, 0.01)), at=10)
+    same_text = new_memory("t2", "likes tea", unit(0, 1), dedup=True)
+    near = new_memory("t3", "Enjoys tea", unit(1, 0.02), dedup=True)
+    far = new_memory("t4", "Has a dog", unit(0, 0, 1), dedup=True)
+    other_agent = new_memory("t5", "Likes tea", unit(1, 0.01), scope(agent="ag"), dedup=True)
+    out = add(store, same_text, near, far, other_agent, at=20, dedup_threshold=0.95)
+    assert out.duplicates == {"t2": ("orig", "orig"), "t3": ("orig", "orig")}
+    assert {r.id for r in store.get("t1", ["orig", "t2", "t3", "t4", "t5"])} == {"orig", "t4", "t5"}
+    assert store.get("t1", ["orig"])[0].updated_at.timestamp() * 1e6 == pytest.approx(20, abs=1)
+    events = store.history("t1", "orig")
+    assert [(e.memory_id, e.event) for e in events] == [("orig", "ADD"), ("orig", "NOOP"), ("orig", "NOOP")]
+    # Within one batch, a later memory matches an earlier one.
+    out = add(
+        store,
+        new_memory("x1", "Plays chess", unit(0, 0, 0, 1), dedup=True),
+        new_memory("x2", "Plays chess well", unit(0, 0, 0, 1, 0.01), dedup=True),
+    )
+    assert out.duplicates == {"x2": ("x1", "x1")}
+    assert store.check_integrity() == []
+
+
+def test_concurrent_identical_dedup_writes_end_with_one_memory(make_store: StoreFactory) -> None:
+    """Several store instances (as separate processes would) add the same fact at once."""
+    stores = [make_store() for _ in range(4)]
+    barrier = threading.Barrier(len(stores) * 2)
+    errors: list[BaseException] = []
+
+    def writer(s: Store, n: int) -> None:
+        try:
+            barrier.wait()
+            for round in range(5):
+                add(s, new_memory(f"w{n}-{round}", f"Lives in Lisbon {round}", unit(*[0.0] * round, 1), dedup=True))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s, n)) for n, s in enumerate(stores * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    page, _ = stores[0].list_memories(scope(), None, False, 100, None)
+    assert sorted(r.memory for r in page) == [f"Lives in Lisbon {r}" for r in range(5)]
+    assert stores[0].check_integrity() == []
+
+
+# -- history and purges ---------------------------------------------------------------------
+
+
+def test_purge_lineage_removes_every_version_and_counts_rows(store: Store) -> None:
+    add(store, new_memory("v1", "a", unit(1)), new_memory("keep", "b", unit(0, 1)), at=10)
+    update(store, "v1", new_memory("v2", "a2", unit(1), lineage="v1"), at=20)
+    counts = store.purge_lineage("t1", "v1")
+    assert (counts.memories, counts.vectors, counts.keyword_rows, counts.events) == (2, 2, 2, 2)
+    assert store.get("t1", ["v1", "v2", "keep"])[0].id == "keep"
+    assert store.history("t1", "v1") == []
+    assert store.vector_search(scope(), unit(1), 5, None, None, 0)[0].id == "keep"
+    assert store.check_integrity() == []
+
+
+def test_purge_scope_removes_memories_events_messages_and_jobs(store: Store) -> None:
+    mine, other = scope(), scope(user="u2")
+    store.write(
+        "t1",
+        WriteBatch(
+            at=1,
+            messages=[message("m1", mine), message("m2", mine), message("m3", other)],
+            jobs=[job("j1", mine), job("j2", other)],
+        ),
+    )
+    add(store, new_memory("a", "x", unit(1), mine), new_memory("b", "y", unit(1), other))
+    update(store, "a", new_memory("a2", "x2", unit(1), mine, lineage="a"), at=20)
+    counts = store.purge_scope(mine)
+    assert counts.model_dump() == {
+        "memories": 2,
+        "vectors": 2,
+        "keyword_rows": 2,
+        "events": 2,
+        "messages": 2,
+        "jobs": 1,
+    }
+    assert [r.id for r in store.list_memories(scope(user=None, agent=None, run=None), None, True, 10, None)[0]] == ["b"]
+    assert store.messages(other, None)[0].id == "m3"
+    assert [j.id for j in store.list_jobs("t1", None, 10)] == ["j2"]
+    assert store.check_integrity() == []
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+def test_messages_oldest_first_with_limit_and_by_id(store: Store) -> None:
+    s = scope(run="session")
+    store.write("t1", WriteBatch(at=1, messages=[message(f"m{i}", s, f"turn {i}", at=i) for i in range(5)]))
+    store.write("t1", WriteBatch(at=1, messages=[message("elsewhere", scope(run="other"))]))
+    assert [m.id for m in store.messages(s, None)] == [f"m{i}" for i in range(5)]
+    assert [m.id for m in store.messages(s, 2)] == ["m3", "m4"]
+    got = store.messages_by_id("t1", ["m4", "nope", "m0"])
+    assert [(m.id, m.content, m.metadata, m.run_id) for m in got] == [
+        ("m4", "turn 4", {"n": "m4"}, "session"),
+        ("m0", "turn 0", {"n": "m0"}, "session"),
+    ]
+    assert store.delete_messages(s) == 5
+    assert store.messages(s, None) == []
+    assert len(store.messages(scope(run="other"), None)) == 1
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+def test_job_lifecycle_claim_lease_expiry_release_dead_and_retry(store: Store) -> None:
+    store.write("t1", WriteBatch(at=100, jobs=[job("j1")]))
+    assert store.claim_job(now=99, lease=10) is None  # not due yet
+    first = store.claim_job(now=100, lease=10)
+    assert first is not None and (first.id, first.status, first.attempts, first.payload) == (
+        "j1",
+        "running",
+        1,
+        {"job": "j1"},
+    )
+    assert store.claim_job(now=105, lease=10) is None  # leased
+    taken_over = store.claim_job(now=111, lease=10)  # the lease expired: another worker takes it
+    assert taken_over is not None and taken_over.attempts == 2
+    store.release_job("j1", "boom", retry_at=200, now=112)
+    assert store.claim_job(now=150, lease=10) is None
+    (queued,) = store.list_jobs("t1", "queued", 10)
+    assert (queued.last_error, queued.run_after) == ("boom", 200)
+    again = store.claim_job(now=200, lease=10, job_id="j1")
+    assert again is not None and again.attempts == 3
+    store.release_job("j1", "boom again", retry_at=None, now=201)
+    assert store.job_counts() == {"dead": 1}
+    assert store.claim_job(now=10**12, lease=10) is None
+    assert not store.retry_job("t2", "j1", now=300)  # another tenant
+    assert store.retry_job("t1", "j1", now=300)
+    (requeued,) = store.list_jobs("t1", None, 10)
+    assert (requeued.status, requeued.attempts) == ("queued", 0)
+    assert not store.retry_job("t1", "nope", now=300)
+
+
+def test_finishing_a_job_commits_with_its_effects_once(store: Store) -> None:
+    store.write("t1", WriteBatch(at=1, jobs=[job("j1"), job("j2")]))
+    claimed = store.claim_job(now=5, lease=100, job_id="j1")
+    assert claimed is not None
+    m = new_memory("from-job", "fact", unit(1))
+    store.write("t1", WriteBatch(at=6, memories=[m], events=[event_for(m)], finish_job=("j1", {"added": 1})))
+    (done,) = store.list_jobs("t1", "done", 10)
+    assert (done.id, done.result) == ("j1", {"added": 1})
+    with pytest.raises(StoreError, match="no longer leased"):
+        m2 = new_memory("again", "fact 2", unit(1))
+        store.write("t1", WriteBatch(at=7, memories=[m2], events=[event_for(m2)], finish_job=("j1", {})))
+    assert store.get("t1", ["again"]) == []
+    assert store.job_counts() == {"done": 1, "queued": 1}
+    assert [j.id for j in store.list_jobs("t1", None, 10)] == ["j2", "j1"]
+
+
+def test_concurrent_workers_claim_each_job_exactly_once(make_store: StoreFactory) -> None:
+    first = make_store()
+    first.write("t1", WriteBatch(at=1, jobs=[job(f"j{i:02}") for i in range(40)]))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(s: Store) -> None:
+        while (j := s.claim_job(now=10, lease=1000)) is not None:
+            with lock:
+                claimed.append(j.id)
+            s.write("t1", WriteBatch(at=11, finish_job=(j.id, {})))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in [first, *(make_store() for _ in range(3))]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == [f"j{i:02}" for i in range(40)]
+    assert first.job_counts() == {"done": 40}
+
+
+# -- export, import, integrity --------------------------------------------------------------
+
+
+def _populate(store: Store) -> None:
+    s = scope(run="r1")
+    store.write("t1", WriteBatch(at=1, messages=[message("msg1", s, "I moved to Berlin")]))
+    add(store, new_memory("a", "Lives in Paris", unit(1), s, metadata={"n": 1.5, "tags": ["x"]}), at=10)
+    update(store, "a", new_memory("a2", "Lives in Berlin", unit(1, 0.3), s, lineage="a", valid_from=20), at=20)
+    add(store, new_memory("b", "Likes tea", unit(0, 1), expires_at=10**16), at=30)
+    store.record_access("t1", {"b": 3}, at=40)
+    add(store, new_memory("other", "not exported", unit(1)), tenant="t2")
+
+
+def test_export_then_import_is_lossless(make_store: StoreFactory, tmp_path: Path) -> None:
+    source = make_store()
+    _populate(source)
+    rows = list(source.export_rows("t1"))
+    assert [r["type"] for r in rows].count("memory") == 3
+    assert "not exported" not in str(rows)
+    target = SQLiteStore(tmp_path / "target.db", dimensions=DIM, embedder_id="hash:8")
+    from retain.transfer import MemoryRow
+
+    def vector_of(row: dict[str, Any]) -> Vector:
+        import base64
+
+        return np.frombuffer(base64.b64decode(row["embedding"]), dtype=np.float32)
+
+    memories = [r for r in rows if r["type"] == "memory"]
+    for r in memories:
+        MemoryRow.model_validate(r)
+    assert target.import_rows("t9", rows, np.array([vector_of(r) for r in memories])) == len(rows)
+    assert list(target.export_rows("t9")) == rows
+    assert target.check_integrity() == []
+    target.close()
+
+
+def test_check_integrity_is_clean_after_every_kind_of_change(store: Store) -> None:
+    _populate(store)
+    store.write("t1", WriteBatch(at=50, invalidate=[Invalidate(id="b", valid_to=50)]))
+    store.purge_scope(scope(user=None, run="r1"))
+    assert store.check_integrity() == []
+
+
+# -- API keys -------------------------------------------------------------------------------
 
 
 def _key(id: str, tenant: str, created_at: int, admin: bool = False) -> ApiKey:
@@ -44,8 +591,51 @@ def test_a_secret_hash_is_unique(store: Store) -> None:
     store.create_api_key(_key("a1", "acme", 1), "same")
     with pytest.raises(StoreError):
         store.create_api_key(_key("a2", "acme", 2), "same")
+    with pytest.raises(StoreError):
+        store.create_api_key(_key("a1", "acme", 2), "other")
     assert [k.id for k in store.list_api_keys(None)] == ["a1"]
 
 
 def test_job_counts_group_by_status(store: Store) -> None:
     assert store.job_counts() == {}
+    store.write("t1", WriteBatch(at=1, jobs=[job("j1"), job("j2")]))
+    store.write("t2", WriteBatch(at=1, jobs=[job("j3", scope(tenant="t2"))]))
+    store.claim_job(now=1, lease=10)
+    assert store.job_counts() == {"queued": 2, "running": 1}
+
+
+# -- tenant isolation -----------------------------------------------------------------------
+
+
+def test_another_tenant_can_never_reach_rows_by_id(store: Store) -> None:
+    _populate(store)
+    store.write("t1", WriteBatch(at=1, jobs=[job("j1")]))
+    ids = ["a", "a2", "b", "msg1"]
+    before = store.export_rows("t1")
+    snapshot = list(before)
+
+    assert store.get("t2", ids) == []
+    assert store.history("t2", "a") == []
+    assert store.similarity("t2", ids, unit(1)) == {}
+    assert store.vectors("t2", ids) == {}
+    assert store.messages_by_id("t2", ids) == []
+    store.record_access("t2", {"b": 100}, at=99)
+    assert not store.retry_job("t2", "j1", now=5)
+    assert store.list_jobs("t2", None, 10) == []
+    assert store.purge_lineage("t2", "a").model_dump() == {
+        "memories": 0,
+        "vectors": 0,
+        "keyword_rows": 0,
+        "events": 0,
+        "messages": 0,
+        "jobs": 0,
+    }
+    same_users = scope(tenant="t2", user="u1", run="r1")
+    assert store.purge_scope(same_users).memories == 0
+    assert store.purge_scope(scope(tenant="t2", user="u1")).memories == 1  # t2's own "other"
+    assert store.vector_search(scope(tenant="t2"), unit(1), 10, None, None, 0) == []
+    assert store.keyword_search(scope(tenant="t2"), "Berlin tea Paris", 10, None, None, 0) == []
+    assert store.messages(scope(tenant="t2", user=None, run="r1"), None) == []
+    assert list(store.export_rows("t2")) == []
+    assert list(store.export_rows("t1")) == snapshot
+    assert store.get("t1", ["b"])[0].access_count == 3

