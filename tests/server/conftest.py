@@ -64,8 +64,24 @@ StartServer = Callable[..., Live]
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[StartServer]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store the servers use: SQLite unless a module parametrises this (indirectly) with "postgres"."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+BOTH_BACKENDS = pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[StartServer]:
     running: list[tuple[Running, Memory]] = []
+
+    def store_url() -> str:
+        if backend == "postgres":
+            return str(request.getfixturevalue("new_postgres_database")())
+        return str(tmp_path / f"server{len(running)}.db")
 
     def start(
         *,
@@ -76,7 +92,7 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
         **overrides: Any,
     ) -> Live:
         settings = replace(settings, **overrides)
-        memory = Memory(str(tmp_path / f"server{len(running)}.db"), HashEmbedder(), llm=llm, settings=settings)
+        memory = Memory(store_url(), HashEmbedder(), llm=llm, settings=settings)
         keys = Keys(memory.store)
         app = create_app(settings, memory=memory, chat_llm=chat_llm, auth=auth)
         server = Running(app)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from conftest import Live, StartServer
+from conftest import BOTH_BACKENDS, Live, StartServer
 
 from retain import ProviderError
 from retain.testing import ScriptedLLM
+
+pytestmark = BOTH_BACKENDS
 
 
 def ops(*items: tuple[str, Any, str, str]) -> dict[str, Any]:

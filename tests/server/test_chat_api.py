@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import Live, StartServer
+from conftest import BOTH_BACKENDS, Live, StartServer
 
 from retain import ProviderError
 from retain.testing import ScriptedLLM
+
+pytestmark = BOTH_BACKENDS
 
 
 def stream_chat(live: Live, key: str, **body: Any) -> tuple[list[str], list[dict[str, Any]]]:
