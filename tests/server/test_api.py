@@ -270,3 +270,13 @@ def test_dev_mode_without_auth_uses_the_default_tenant(start_server: StartServer
     add_verbatim(c, "no key needed")
     assert c.get("/v1/info").json()["tenant_id"] == "default"
     assert live.memory.for_tenant("default").get_all(user_id="alice").results[0].memory == "no key needed"
+
+
+def test_a_store_that_is_gone_answers_503_not_500(start_server: StartServer) -> None:
+    live = start_server()
+    c = live.client(live.acme)
+    add_verbatim(c, "kept")
+    live.memory.store.close()  # what a lost database looks like to the routes: StoreError
+    assert live.client(None).get("/healthz").status_code == 503
+    response = c.get("/v1/memories", params={"user_id": "alice"})
+    assert response.status_code == 503 and error_type(response) == "store_unavailable"
