@@ -175,7 +175,10 @@ class Chat:
                 "No LLM configured for chat: set RETAIN_LLM=openai:gpt-4o-mini (with OPENAI_API_KEY), "
                 "RETAIN_LLM=local:qwen2.5-1.5b (pip install 'retain[local]'), or pass llm=..."
             )
-        return self._run(self.llm, scope, text, mode)
+        # Done before the first event, so a store failure is an error the caller sees (503), not a broken stream.
+        history = self.memory.messages(scope, self.settings.history_messages)
+        user_message = self.memory.add_message(scope, "user", text)
+        return self._run(self.llm, scope, text, mode, history, user_message)
 
     def reply(self, message: str, **kwargs: Any) -> ChatReply:
         """The whole reply at once (same arguments as `stream`)."""
@@ -210,9 +213,9 @@ class Chat:
 
     # -- the loop ---------------------------------------------------------------------
 
-    def _run(self, llm: LLM, scope: Scope, text: str, mode: ChatMode) -> Iterator[ChatEvent]:
-        history = self.memory.messages(scope, self.settings.history_messages)
-        user_message = self.memory.add_message(scope, "user", text)
+    def _run(
+        self, llm: LLM, scope: Scope, text: str, mode: ChatMode, history: list[ChatMessage], user_message: ChatMessage
+    ) -> Iterator[ChatEvent]:
         try:
             if mode == "agent":
                 messages, saved_any = yield from self._agent_steps(llm, scope, history, text)
@@ -227,13 +230,12 @@ class Chat:
             reply = stream.text
             usage = stream.usage
         except GeneratorExit:  # the client went away mid-reply: keep learning from what the user said
-            if mode == "simple":
-                self._learn(scope, [user_message.id])
+            self._learn_safely(scope, user_message.id)
             raise
         except Exception as exc:  # the boundary: whatever failed, the client gets an event and nothing is lost
             if not isinstance(exc, RetainError):
                 logger.exception("chat reply failed")
-            job_id = self._learn(scope, [user_message.id]) if mode == "simple" else None
+            job_id = self._learn_safely(scope, user_message.id)
             yield ChatEvent(
                 type="error",
                 error=type(exc).__name__,
@@ -334,6 +336,14 @@ class Chat:
                 messages.append({"role": "user", "content": f"save_memory result: saved ({ids})."})
         messages.append({"role": "user", "content": "Now answer my last message in plain text."})
         return messages, saved
+
+    def _learn_safely(self, scope: Scope, message_id: str) -> str | None:
+        """Queue the user's message for extraction after a failed reply; a failure here is only logged."""
+        try:
+            return self._learn(scope, [message_id])
+        except Exception:  # already on a failure path: the message itself is stored, so nothing is lost
+            logger.exception("could not queue the user's message for extraction")
+            return None
 
     def _learn(self, scope: Scope, message_ids: list[str]) -> str | None:
         """Queue extraction over these messages; None when memory has no LLM to extract with."""
