@@ -158,6 +158,9 @@ def test_the_ui_works_by_keyboard_and_on_a_phone(start_server: StartServer, brow
         control_id = control.get_attribute("id")
         labelled = page.locator(f"label[for='{control_id}']").count() or control.evaluate("e => !!e.closest('label')")
         assert labelled, f"#{control_id} has no label"
+
+    page.goto(f"{live.url}/docs")  # Swagger UI from the package, not a CDN
+    page.locator(".opblock-summary-path").filter(has_text="/v1/memories/search").wait_for()
     context.close()
 
 

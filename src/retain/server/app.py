@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -89,6 +91,8 @@ def create_app(
         version="0.1.0",
         summary="Long-term memory for LLM applications.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the swagger-ui-bundle-v2 package: /docs works offline, with no CDN
+        redoc_url=None,
     )
     app.state.memory = memory
     app.state.chat = Chat(memory, MeteredLLM(chat_llm, metrics) if chat_llm is not None else None)
@@ -149,6 +153,18 @@ def _install_service_routes(app: FastAPI, metrics: Metrics) -> None:
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Retain API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
