@@ -50,7 +50,9 @@ def test_keyword_only_match_is_found(memory: Memory) -> None:
 
 
 def test_threshold_drops_dissimilar_memories(memory: Memory) -> None:
-    memory.add(["tea tea tea", "completely unrelated words here"], user_id="u", infer=False)
+    # Two conversations, so neither turn is indexed with the other as context.
+    memory.add("tea tea tea", user_id="u", infer=False, at="2024-01-01T10:00:00Z")
+    memory.add("completely unrelated words here", user_id="u", infer=False, at="2024-03-01T10:00:00Z")
     hits = memory.search("tea", user_id="u", threshold=0.5, explain=True).results
     assert [h.memory for h in hits] == ["tea tea tea"]
     assert all(h.scores and h.scores["vector"] >= 0.5 for h in hits)

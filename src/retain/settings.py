@@ -45,6 +45,12 @@ class Settings:
     job_lease_seconds: float = 600.0
     in_process_worker: bool = True
     worker_poll_seconds: float = 1.0
+    #: Earlier turns of the same conversation indexed with a verbatim memory (0: the turn alone).
+    index_context_turns: int = 2
+    #: Turns further apart than this belong to different conversations (no shared context, no neighbours).
+    conversation_gap_seconds: float = 1800.0
+    #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
+    neighbour_weight: float = 0.5
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
@@ -80,6 +86,10 @@ class Settings:
             updates["in_process_worker"] = _bool("RETAIN_IN_PROCESS_WORKER", v)
         if v := values.get("RETAIN_DEDUP_THRESHOLD"):
             updates["dedup_threshold"] = _fraction("RETAIN_DEDUP_THRESHOLD", v)
+        if (v := values.get("RETAIN_INDEX_CONTEXT_TURNS")) is not None and v != "":
+            updates["index_context_turns"] = _non_negative_int("RETAIN_INDEX_CONTEXT_TURNS", v)
+        if v := values.get("RETAIN_NEIGHBOUR_WEIGHT"):
+            updates["neighbour_weight"] = _fraction("RETAIN_NEIGHBOUR_WEIGHT", v, zero_ok=True)
         return replace(settings, **updates)  # type: ignore[arg-type]
 
 
@@ -93,13 +103,23 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
-def _fraction(name: str, raw: str) -> float:
+def _non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer.") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must be 0 or more.")
+    return value
+
+
+def _fraction(name: str, raw: str, *, zero_ok: bool = False) -> float:
     try:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number.") from None
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"{name}={raw!r} must be in (0, 1].")
+    if not (value >= 0.0 if zero_ok else value > 0.0) or value > 1.0:
+        raise ConfigError(f"{name}={raw!r} must be in {'[0' if zero_ok else '(0'}, 1].")
     return value
 
 

@@ -53,6 +53,8 @@ class MemoryRow(_Row):
     last_accessed_at: int | None
     expires_at: int | None
     embedding: str
+    #: What was embedded and keyword-indexed, when not `text` (absent in exports before it existed).
+    index_text: str | None = None
 
 
 class EventRow(_Row):
@@ -145,7 +147,7 @@ def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int],
     kept = [r for r in rows if not (isinstance(r, MemoryRow | EventRow) and r.lineage_id in skipped_lineages)]
     imported = reembedded = 0
     for batch in _batches(kept, BATCH_ROWS):
-        texts = [r.text for r in batch if isinstance(r, MemoryRow)]
+        texts = [r.index_text or r.text for r in batch if isinstance(r, MemoryRow)]
         if same_space:
             vectors = np.array(
                 [

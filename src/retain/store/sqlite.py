@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_partition, to_blob, top_k
 
 BUSY_TIMEOUT_MS = 60_000
+BM25_K1 = 1.2
+BM25_B = 0.75
 MAX_QUERY_TERMS = 64
 PARTITIONS_PER_QUERY = 32
 
@@ -50,6 +53,10 @@ _MEMORY_COLUMNS = (
 
 def partition_of(tenant_id: str, user_id: str | None) -> str:
     return f"{tenant_id}\x1f{user_id or ''}"
+
+
+#: Length of a keyword prefix: 9 characters of the partition's hash plus "c" (current) or "h" (historic).
+PREFIX_CHARS = 10
 
 
 def term_prefix(partition: str, current: bool) -> str:
@@ -88,6 +95,7 @@ class SQLiteStore(Store):
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; "
                 "PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;"
             )
+            db.register_fts5_function("retain_bm25", _bm25)
             self._local.db = db
             self._local.tokenizer = db.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
             with self._lock:
@@ -116,7 +124,7 @@ class SQLiteStore(Store):
     def _migrate(self) -> None:
         with self._write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
-            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            applied = {int(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
             if applied:
                 meta = dict(db.execute("SELECT key, value FROM store_meta").fetchall())
                 if meta.get("embedder") != self._embedder_id or meta.get("dimensions") != str(self.dimensions):
@@ -126,10 +134,10 @@ class SQLiteStore(Store):
                         "Open it with the embedder it was built with (RETAIN_EMBEDDER), or export it and "
                         "import into a new store to re-embed."
                     )
-            if len(applied) > len(MIGRATIONS):
+            if applied - MIGRATIONS.keys():
                 raise StoreError(f"{self.path} was written by a newer Retain; upgrade retain to open it.")
-            ctx = SchemaContext(dimensions=self.dimensions)
-            for version, migration in enumerate(MIGRATIONS, start=1):
+            ctx = SchemaContext(dimensions=self.dimensions, term_prefix=term_prefix)
+            for version, migration in sorted(MIGRATIONS.items()):
                 if version not in applied:
                     migration(db, ctx)
                     db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,))
@@ -154,9 +162,17 @@ class SQLiteStore(Store):
         )
         return tokens
 
-    def _terms(self, partition: str, text: str, current: bool) -> str:
+    def _index(self, db: Any, rowid: int, partition: str, text: str, current: bool) -> None:
+        """Add one memory version's keyword row and count it in its prefix's statistics."""
         prefix = term_prefix(partition, current)
-        return " ".join(prefix + token for token in self._tokens(text))
+        tokens = self._tokens(text)
+        db.execute("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, " ".join(prefix + t for t in tokens)))
+        _count_stats(db, prefix, 1, len(tokens))
+
+    def _unindex(self, db: Any, rowid: int, partition: str, text: str, current: bool) -> None:
+        db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
+        if db.changes():
+            _count_stats(db, term_prefix(partition, current), -1, -len(self._tokens(text)))
 
     # -- writes -----------------------------------------------------------------------
 
@@ -291,8 +307,8 @@ class SQLiteStore(Store):
         s = mem.scope
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, "
-            "metadata, hash, created_at, updated_at, valid_from, source_message_ids, expires_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "metadata, hash, created_at, updated_at, valid_from, source_message_ids, expires_at, index_text) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 mem.id,
                 tenant_id,
@@ -309,6 +325,7 @@ class SQLiteStore(Store):
                 mem.valid_from,
                 json.dumps(mem.source_message_ids),
                 mem.expires_at,
+                mem.index_text,
             ),
         )
         rowid = db.last_insert_rowid()
@@ -326,15 +343,14 @@ class SQLiteStore(Store):
                 OPEN_END,
             ),
         )
-        db.execute(
-            "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, mem.text, True))
-        )
+        self._index(db, rowid, partition, mem.index_text or mem.text, True)
         return partition
 
     def _end_validity(self, db: Any, tenant_id: str, id: str, valid_to: int, at: int, superseded_by: str | None) -> str:
         """Close a current memory's validity; returns its partition."""
         row = db.execute(
-            "SELECT rowid, user_id, text FROM memories WHERE id = ? AND tenant_id = ? AND valid_to IS NULL",
+            "SELECT rowid, user_id, coalesce(index_text, text) FROM memories "
+            "WHERE id = ? AND tenant_id = ? AND valid_to IS NULL",
             (id, tenant_id),
         ).fetchone()
         if row is None:
@@ -346,8 +362,8 @@ class SQLiteStore(Store):
         )
         db.execute("UPDATE memory_vectors SET valid_to = ? WHERE memory_rowid = ?", (valid_to, rowid))
         partition = partition_of(tenant_id, user_id)
-        db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
-        db.execute("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, text, False)))
+        self._unindex(db, rowid, partition, text, True)
+        self._index(db, rowid, partition, text, False)
         return partition
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
@@ -449,24 +465,56 @@ class SQLiteStore(Store):
             prefixes = [term_prefix(p, True) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
             if as_of is not None:
                 prefixes += [term_prefix(p, False) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
-            match = " OR ".join(f'"{prefix}{token}"' for prefix in prefixes for token in tokens)
+            phrases, params = self._phrases(db, prefixes, tokens)
+            if not phrases:
+                continue
+            match = " OR ".join(f'"{phrase}"' for phrase in phrases)
             if scope.user_id is not None and scope.agent_id is None and scope.run_id is None and validity_free:
                 # The prefix already pins tenant, user and "current"; _candidates re-checks scope and expiry.
                 scored += db.execute(
-                    "SELECT rowid, -bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH ? "
-                    "ORDER BY bm25(memory_fts) LIMIT ?",
-                    (match, k),
+                    "SELECT rowid, retain_bm25(memory_fts, ?) AS score FROM memory_fts WHERE memory_fts MATCH ? "
+                    "ORDER BY score DESC LIMIT ?",
+                    (params, match, k),
                 ).fetchall()
                 continue
             sql = (
-                "SELECT m.rowid, -bm25(memory_fts) AS score FROM memory_fts JOIN memories m "
+                "SELECT m.rowid, retain_bm25(memory_fts, ?) AS score FROM memory_fts JOIN memories m "
                 f"ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? AND {ssql} AND {validity}"
                 + (f" AND {extra}" if extra else "")
-                + " ORDER BY bm25(memory_fts) LIMIT ?"
+                + " ORDER BY score DESC LIMIT ?"
             )
-            scored += db.execute(sql, (match, *sparams, *vparams, *eparams, k)).fetchall()
+            scored += db.execute(sql, (params, match, *sparams, *vparams, *eparams, k)).fetchall()
         scored.sort(key=lambda pair: -pair[1])
         return self._candidates(db, scope, scored[:k], now)
+
+    @staticmethod
+    def _phrases(db: Any, prefixes: list[str], tokens: list[str]) -> tuple[list[str], str]:
+        """The prefixed query terms that occur, and each one's BM25 parameters [idf, average length] as JSON.
+
+        IDF and average length come from the term's own partition (its prefix), not the whole table.
+        """
+        terms = [prefix + token for prefix in prefixes for token in tokens]
+        stats = {
+            r[0]: (int(r[1]), int(r[2]))
+            for r in db.execute(
+                "SELECT prefix, docs, tokens FROM keyword_stats WHERE prefix IN (SELECT value FROM json_each(?))",
+                (json.dumps(prefixes),),
+            )
+        }
+        found = dict(
+            db.execute(
+                "SELECT term, doc FROM memory_fts_vocab WHERE term IN (SELECT value FROM json_each(?))",
+                (json.dumps(terms),),
+            ).fetchall()
+        )
+        phrases, params = [], []
+        for term in terms:
+            docs, total = stats.get(term[:PREFIX_CHARS], (0, 0))
+            df = int(found.get(term, 0))
+            if df and docs:
+                phrases.append(term)
+                params.append([math.log(1.0 + (docs - df + 0.5) / (df + 0.5)), max(total / docs, 1.0)])
+        return phrases, json.dumps(params)
 
     def _candidates(self, db: Any, scope: Scope, scored: list[tuple[int, float]], now: int) -> list[Candidate]:
         """Map rowids to ids, re-checking scope and expiry (defence in depth for isolation)."""
@@ -480,6 +528,35 @@ class SQLiteStore(Store):
         ).fetchall()
         ids = dict(rows)
         return [Candidate(ids[rowid], float(score)) for rowid, score in scored if rowid in ids]
+
+    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
+        if not ids or window <= 0:
+            return {}
+        db = self._db()
+        out: dict[str, list[str]] = {}
+        for id, rowid, user_id, agent_id, run_id, valid_from in db.execute(
+            "SELECT m.id, m.rowid, m.user_id, m.agent_id, m.run_id, m.valid_from FROM memories m "
+            "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?)) "
+            "AND m.category IS NULL AND m.valid_to IS NULL",
+            (tenant_id, json.dumps(list(ids))),
+        ).fetchall():
+            found: list[str] = []
+            for side, order in (("<", "DESC"), (">", "ASC")):
+                # The nearest rows of the user by rowid (bounded, so a search never scans a user's
+                # history), then the ones that are turns of the same conversation.
+                found += [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT id FROM (SELECT id, agent_id, run_id, category, valid_to, valid_from, expires_at "
+                        f"FROM memories WHERE tenant_id = ? AND user_id IS ? AND rowid {side} ? "
+                        f"ORDER BY rowid {order} LIMIT ?) WHERE agent_id IS ? AND run_id IS ? "
+                        "AND category IS NULL AND valid_to IS NULL AND abs(valid_from - ?) <= ? "
+                        "AND (expires_at IS NULL OR expires_at > ?) LIMIT ?",
+                        (tenant_id, user_id, rowid, 2 * window, agent_id, run_id, valid_from, gap, now, window),
+                    )
+                ]
+            out[id] = found
+        return out
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
         query = np.frombuffer(to_blob(vector), dtype=np.float32)
@@ -570,8 +647,14 @@ class SQLiteStore(Store):
         db.execute("DELETE FROM memory_vectors WHERE memory_rowid IN (SELECT value FROM json_each(?))", (ids,))
         vectors = db.changes()
         bump_versions(db, partitions)
-        db.execute("DELETE FROM memory_fts WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
-        keyword_rows = db.changes()
+        keyword_rows = 0
+        for rowid, tenant_id, user_id, text, valid_to in db.execute(
+            "SELECT rowid, tenant_id, user_id, coalesce(index_text, text), valid_to FROM memories "
+            "WHERE rowid IN (SELECT value FROM json_each(?))",
+            (ids,),
+        ).fetchall():
+            self._unindex(db, rowid, partition_of(tenant_id, user_id), text, valid_to is None)
+            keyword_rows += 1
         db.execute("DELETE FROM memories WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
         return PurgeCounts(memories=db.changes(), vectors=vectors, keyword_rows=keyword_rows)
 
@@ -668,7 +751,7 @@ class SQLiteStore(Store):
             for r in db.execute(
                 "SELECT m.id, m.user_id, m.agent_id, m.run_id, m.lineage_id, m.text, m.category, m.metadata, "
                 "m.hash, m.created_at, m.updated_at, m.valid_from, m.valid_to, m.superseded_by, "
-                "m.source_message_ids, m.access_count, m.last_accessed_at, m.expires_at, v.embedding "
+                "m.source_message_ids, m.access_count, m.last_accessed_at, m.expires_at, v.embedding, m.index_text "
                 "FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
                 "WHERE m.tenant_id = ? ORDER BY m.rowid",
                 (tenant_id,),
@@ -694,6 +777,7 @@ class SQLiteStore(Store):
                     "last_accessed_at": r[16],
                     "expires_at": r[17],
                     "embedding": base64.b64encode(r[18]).decode(),
+                    "index_text": r[19],
                 }
             for r in db.execute(
                 "SELECT memory_id, lineage_id, user_id, agent_id, run_id, event, old_text, new_text, reason, "
@@ -792,7 +876,7 @@ class SQLiteStore(Store):
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, "
             "hash, created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
-            "last_accessed_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "last_accessed_at, expires_at, index_text) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 row["id"],
                 tenant_id,
@@ -813,6 +897,7 @@ class SQLiteStore(Store):
                 row["access_count"],
                 row["last_accessed_at"],
                 row["expires_at"],
+                row.get("index_text"),
             ),
         )
         rowid = db.last_insert_rowid()
@@ -831,10 +916,7 @@ class SQLiteStore(Store):
                 OPEN_END if current else row["valid_to"],
             ),
         )
-        db.execute(
-            "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)",
-            (rowid, self._terms(partition, row["text"], current)),
-        )
+        self._index(db, rowid, partition, row.get("index_text") or row["text"], current)
         return partition
 
     # -- integrity --------------------------------------------------------------------
@@ -869,6 +951,32 @@ class SQLiteStore(Store):
             table: int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
             for table in ("memories", "memory_events", "messages", "jobs", "memory_vectors", "memory_fts_docsize")
         }
+
+
+def _count_stats(db: Any, prefix: str, docs: int, tokens: int) -> None:
+    db.execute(
+        "INSERT INTO keyword_stats VALUES (?, ?, ?) ON CONFLICT (prefix) DO UPDATE "
+        "SET docs = docs + excluded.docs, tokens = tokens + excluded.tokens",
+        (prefix, docs, tokens),
+    )
+
+
+def _bm25(api: apsw.FTS5ExtensionApi, *args: apsw.SQLiteValue) -> float:
+    """BM25 (k1 = 1.2, b = 0.75) with per-phrase [idf, average length] passed in as JSON.
+
+    FTS5's built-in bm25() takes N and the average length from the whole table; the caller
+    computes them per partition (see `SQLiteStore._phrases`).
+    """
+    params = api.aux_data
+    if params is None:
+        params = api.aux_data = json.loads(str(args[0]))
+    norm = BM25_K1 * (1.0 - BM25_B), BM25_K1 * BM25_B * api.column_size(0)
+    score = 0.0
+    for i, (idf, avgdl) in enumerate(params):
+        tf = len(api.phrase_locations(i)[0])
+        if tf:
+            score += idf * tf * (BM25_K1 + 1.0) / (tf + norm[0] + norm[1] / avgdl)
+    return score
 
 
 def _chat(r: Sequence[Any]) -> ChatMessage:
