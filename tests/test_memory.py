@@ -3,9 +3,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+from pathlib import Path
+
 import pytest
 
-from retain import InvalidInputError, Memory
+from retain import InvalidInputError, Memory, Settings
+from retain.testing import HashEmbedder
 
 
 def test_add_raw_stores_each_message_with_its_source(memory: Memory) -> None:
@@ -202,3 +205,45 @@ def test_tenants_are_separate_views(memory: Memory) -> None:
         other.delete(mine.id)
     other.delete_all(user_id="u")
     assert [r.memory for r in memory.get_all(user_id="u").results] == ["default tenant secret"]
+
+
+def test_verbatim_turns_are_indexed_with_speaker_and_context_but_returned_verbatim(memory: Memory) -> None:
+    turns = [
+        {"content": "What did you research last week?", "name": "Mel"},
+        {"content": "Adoption agencies, I want to build a family.", "name": "Caroline"},
+        {"content": "That is wonderful.", "name": "Mel"},
+    ]
+    added = memory.add(turns, user_id="u", infer=False).results
+    answer = memory.get(added[1].id)
+    assert answer.memory == "Adoption agencies, I want to build a family."
+    # Found by the speaker's name and by the question it answers, which only its index text holds.
+    hits = memory.search("Caroline research", user_id="u", limit=1, explain=True).results
+    assert hits[0].id == added[1].id and hits[0].scores and hits[0].scores["bm25"] > 0
+    assert hits[0].memory == "Adoption agencies, I want to build a family."
+
+
+def test_context_comes_from_earlier_adds_of_the_same_conversation_only(memory: Memory) -> None:
+    memory.add(
+        {"content": "Which city is the zoo in?", "name": "Ann"}, user_id="u", infer=False, at="2024-01-01T10:00Z"
+    )
+    (same,) = memory.add("Oslo", user_id="u", infer=False, at="2024-01-01T10:05Z").results
+    (later,) = memory.add("Oslo", user_id="w", infer=False, at="2024-01-01T10:05Z").results
+    (next_day,) = memory.add("Bergen", user_id="u", infer=False, at="2024-01-02T10:00Z").results
+    rows = {r["id"]: r for r in memory.store.export_rows(memory.tenant_id) if r["type"] == "memory"}
+    assert rows[same.id]["index_text"] == "Oslo\nAnn: Which city is the zoo in?"
+    assert rows[later.id]["index_text"] is None  # another user's conversation
+    assert rows[next_day.id]["index_text"] is None  # a day later: another conversation
+
+
+def test_a_hit_lifts_its_neighbouring_turns(tmp_path: Path) -> None:
+    settings = Settings(track_access=False, index_context_turns=0)
+    with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=settings) as m:
+        ids = [
+            e.id for e in m.add(["kiwi kiwi kiwi", "unrelated reply", "other words"], user_id="u", infer=False).results
+        ]
+        hits = m.search("kiwi", user_id="u", limit=3).results
+        assert [h.id for h in hits][:2] == ids[:2]
+        assert hits[1].score == pytest.approx(0.5 * hits[0].score)
+    off = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.0)
+    with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=off) as m:
+        assert m.search("kiwi", user_id="u", limit=3).results[1].score < 0.5 * hits[0].score

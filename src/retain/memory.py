@@ -324,7 +324,8 @@ class Memory:
         fused = fuse(dense, sparse)
         if self.settings.neighbour_weight > 0:
             gap = int(self.settings.conversation_gap_seconds * 1_000_000)
-            adjacent = self.store.adjacent(self.tenant_id, [f.id for f in fused], NEIGHBOUR_WINDOW, gap, now)
+            sources = [f.id for f in fused[: 2 * limit]]
+            adjacent = self.store.adjacent(self.tenant_id, sources, NEIGHBOUR_WINDOW, gap, now)
             # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
             fused = lift_neighbours(
                 fused, adjacent, self.settings.neighbour_weight, new_ok=where is None and as_of is None

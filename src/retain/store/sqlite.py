@@ -41,6 +41,9 @@ from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_
 BUSY_TIMEOUT_MS = 60_000
 BM25_K1 = 1.2
 BM25_B = 0.75
+#: Keyword candidates (by FTS5's table-wide bm25) rescored with per-partition statistics: per result, at least.
+RESCORE_FACTOR = 4
+RESCORE_MIN = 200
 MAX_QUERY_TERMS = 64
 PARTITIONS_PER_QUERY = 32
 
@@ -53,10 +56,6 @@ _MEMORY_COLUMNS = (
 
 def partition_of(tenant_id: str, user_id: str | None) -> str:
     return f"{tenant_id}\x1f{user_id or ''}"
-
-
-#: Length of a keyword prefix: 9 characters of the partition's hash plus "c" (current) or "h" (historic).
-PREFIX_CHARS = 10
 
 
 def term_prefix(partition: str, current: bool) -> str:
@@ -461,6 +460,7 @@ class SQLiteStore(Store):
         extra, eparams = ("", []) if where is None else _compile(where)
         scored: list[tuple[int, float]] = []
         validity_free = as_of is None and where is None
+        pool = max(RESCORE_FACTOR * k, RESCORE_MIN)
         for start in range(0, len(partitions), PARTITIONS_PER_QUERY):
             prefixes = [term_prefix(p, True) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
             if as_of is not None:
@@ -471,19 +471,21 @@ class SQLiteStore(Store):
             match = " OR ".join(f'"{phrase}"' for phrase in phrases)
             if scope.user_id is not None and scope.agent_id is None and scope.run_id is None and validity_free:
                 # The prefix already pins tenant, user and "current"; _candidates re-checks scope and expiry.
+                # FTS5 ranks by its own bm25() and sorts internally (ORDER BY rank), so retain_bm25 runs
+                # only for the `pool` rows it keeps.
                 scored += db.execute(
-                    "SELECT rowid, retain_bm25(memory_fts, ?) AS score FROM memory_fts WHERE memory_fts MATCH ? "
-                    "ORDER BY score DESC LIMIT ?",
-                    (params, match, k),
+                    "SELECT rowid, retain_bm25(memory_fts, ?) FROM memory_fts WHERE memory_fts MATCH ? "
+                    "ORDER BY rank LIMIT ?",
+                    (params, match, pool),
                 ).fetchall()
                 continue
             sql = (
-                "SELECT m.rowid, retain_bm25(memory_fts, ?) AS score FROM memory_fts JOIN memories m "
+                "SELECT m.rowid, retain_bm25(memory_fts, ?) FROM memory_fts JOIN memories m "
                 f"ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? AND {ssql} AND {validity}"
                 + (f" AND {extra}" if extra else "")
-                + " ORDER BY score DESC LIMIT ?"
+                + " ORDER BY bm25(memory_fts) LIMIT ?"
             )
-            scored += db.execute(sql, (params, match, *sparams, *vparams, *eparams, k)).fetchall()
+            scored += db.execute(sql, (params, match, *sparams, *vparams, *eparams, pool)).fetchall()
         scored.sort(key=lambda pair: -pair[1])
         return self._candidates(db, scope, scored[:k], now)
 
@@ -509,7 +511,7 @@ class SQLiteStore(Store):
         )
         phrases, params = [], []
         for term in terms:
-            docs, total = stats.get(term[:PREFIX_CHARS], (0, 0))
+            docs, total = stats.get(term[: len(prefixes[0])], (0, 0))
             df = int(found.get(term, 0))
             if df and docs:
                 phrases.append(term)
@@ -532,30 +534,34 @@ class SQLiteStore(Store):
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
         if not ids or window <= 0:
             return {}
-        db = self._db()
+        # For each hit, the user's nearest rows on each side by rowid (an index range, bounded, so a
+        # search never scans a user's history), then those that are turns of the same conversation.
+        near = (
+            "SELECT rowid FROM (SELECT rowid FROM memories WHERE tenant_id = h.tenant_id AND user_id IS h.user_id "
+            "AND rowid {side} h.rowid ORDER BY rowid {order} LIMIT :span)"
+        )
+        rows = (
+            self._db()
+            .execute(
+                "SELECT h.id, n.id, n.rowid > h.rowid FROM memories h JOIN memories n ON n.rowid IN ("
+                + near.format(side="<", order="DESC")
+                + " UNION ALL "
+                + near.format(side=">", order="ASC")
+                + ") WHERE +h.tenant_id = :tenant AND h.id IN (SELECT value FROM json_each(:ids)) "
+                "AND h.category IS NULL AND h.valid_to IS NULL "
+                "AND n.agent_id IS h.agent_id AND n.run_id IS h.run_id AND n.category IS NULL "
+                "AND n.valid_to IS NULL AND abs(n.valid_from - h.valid_from) <= :gap "
+                "AND (n.expires_at IS NULL OR n.expires_at > :now) ORDER BY h.id, abs(n.rowid - h.rowid)",
+                {"tenant": tenant_id, "ids": json.dumps(list(ids)), "span": 2 * window, "gap": gap, "now": now},
+            )
+            .fetchall()
+        )
+        sides: dict[tuple[str, int], list[str]] = {}
+        for hit, other, after in rows:
+            sides.setdefault((hit, after), []).append(other)
         out: dict[str, list[str]] = {}
-        for id, rowid, user_id, agent_id, run_id, valid_from in db.execute(
-            "SELECT m.id, m.rowid, m.user_id, m.agent_id, m.run_id, m.valid_from FROM memories m "
-            "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?)) "
-            "AND m.category IS NULL AND m.valid_to IS NULL",
-            (tenant_id, json.dumps(list(ids))),
-        ).fetchall():
-            found: list[str] = []
-            for side, order in (("<", "DESC"), (">", "ASC")):
-                # The nearest rows of the user by rowid (bounded, so a search never scans a user's
-                # history), then the ones that are turns of the same conversation.
-                found += [
-                    r[0]
-                    for r in db.execute(
-                        "SELECT id FROM (SELECT id, agent_id, run_id, category, valid_to, valid_from, expires_at "
-                        f"FROM memories WHERE tenant_id = ? AND user_id IS ? AND rowid {side} ? "
-                        f"ORDER BY rowid {order} LIMIT ?) WHERE agent_id IS ? AND run_id IS ? "
-                        "AND category IS NULL AND valid_to IS NULL AND abs(valid_from - ?) <= ? "
-                        "AND (expires_at IS NULL OR expires_at > ?) LIMIT ?",
-                        (tenant_id, user_id, rowid, 2 * window, agent_id, run_id, valid_from, gap, now, window),
-                    )
-                ]
-            out[id] = found
+        for (hit, _), others in sides.items():
+            out.setdefault(hit, []).extend(others[:window])
         return out
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
@@ -942,6 +948,15 @@ class SQLiteStore(Store):
         }
         for label, sql in checks.items():
             problems += [f"{label}: {r[0]}" for r in db.execute(sql)]
+        counted = {
+            term_prefix(partition_of(tenant_id, user_id), bool(current)): int(n)
+            for tenant_id, user_id, current, n in db.execute(
+                "SELECT tenant_id, user_id, valid_to IS NULL, count(*) FROM memories GROUP BY 1, 2, 3"
+            )
+        }
+        kept = {str(r[0]): int(r[1]) for r in db.execute("SELECT prefix, docs FROM keyword_stats WHERE docs != 0")}
+        if counted != kept:
+            problems.append("keyword statistics differ from the memories they count")
         return problems
 
     def counts(self) -> dict[str, int]:
@@ -964,8 +979,9 @@ def _count_stats(db: Any, prefix: str, docs: int, tokens: int) -> None:
 def _bm25(api: apsw.FTS5ExtensionApi, *args: apsw.SQLiteValue) -> float:
     """BM25 (k1 = 1.2, b = 0.75) with per-phrase [idf, average length] passed in as JSON.
 
-    FTS5's built-in bm25() takes N and the average length from the whole table; the caller
-    computes them per partition (see `SQLiteStore._phrases`).
+    FTS5's built-in bm25() takes N and the average length from the whole table, so a user's
+    scores would shift as other users write; the caller computes them per partition from
+    `keyword_stats` and the prefixed terms' document frequencies (see `SQLiteStore._phrases`).
     """
     params = api.aux_data
     if params is None:

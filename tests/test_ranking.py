@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from retain.ranking import Fused, lift_neighbours
+
+
+def _f(id: str, score: float) -> Fused:
+    return Fused(id, score, 1, None, None)
+
+
+def test_neighbours_are_lifted_to_a_fraction_of_the_hit_never_added() -> None:
+    fused = [_f("a", 1.0), _f("b", 0.45), _f("c", 0.2)]
+    out = lift_neighbours(fused, {"a": ["c", "n"], "b": ["c"]}, 0.5, new_ok=True)
+    scores = {f.id: f.score for f in out}
+    assert scores == {"a": 1.0, "b": 0.45, "c": 0.5, "n": 0.5}
+    assert [f.id for f in out] == ["a", "c", "n", "b"]
+
+
+def test_a_higher_own_score_is_kept() -> None:
+    out = lift_neighbours([_f("a", 1.0), _f("b", 0.9)], {"a": ["b"]}, 0.5, new_ok=True)
+    assert [(f.id, f.score) for f in out] == [("a", 1.0), ("b", 0.9)]
+
+
+def test_without_new_ok_only_candidates_are_lifted() -> None:
+    out = lift_neighbours([_f("a", 1.0), _f("b", 0.1)], {"a": ["b", "n"]}, 0.5, new_ok=False)
+    assert [(f.id, f.score) for f in out] == [("a", 1.0), ("b", 0.5)]
