@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-
 from pathlib import Path
 
 import pytest
@@ -216,6 +215,9 @@ def test_verbatim_turns_are_indexed_with_speaker_and_context_but_returned_verbat
     added = memory.add(turns, user_id="u", infer=False).results
     answer = memory.get(added[1].id)
     assert answer.memory == "Adoption agencies, I want to build a family."
+    # The vector is the speaker line alone; the turns before it go to the keyword index only.
+    vector = memory.store.vectors(memory.tenant_id, [answer.id])[answer.id]
+    assert vector == pytest.approx(memory.embedder.embed(["Caroline: " + answer.memory])[0])
     # Found by the speaker's name and by the question it answers, which only its index text holds.
     hits = memory.search("Caroline research", user_id="u", limit=1, explain=True).results
     assert hits[0].id == added[1].id and hits[0].scores and hits[0].scores["bm25"] > 0

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from retain.ranking import Fused, lift_neighbours
+from retain.ranking import Fused, diversify, lift_neighbours
 
 
 def _f(id: str, score: float) -> Fused:
@@ -23,3 +23,16 @@ def test_a_higher_own_score_is_kept() -> None:
 def test_without_new_ok_only_candidates_are_lifted() -> None:
     out = lift_neighbours([_f("a", 1.0), _f("b", 0.1)], {"a": ["b", "n"]}, 0.5, new_ok=False)
     assert [(f.id, f.score) for f in out] == [("a", 1.0), ("b", 0.5)]
+
+
+def test_mmr_moves_a_near_duplicate_below_a_different_hit() -> None:
+    import numpy as np
+
+    v = {
+        "a": np.array([1.0, 0.0], dtype=np.float32),
+        "a2": np.array([1.0, 0.0], dtype=np.float32),
+        "b": np.array([0.0, 1.0], dtype=np.float32),
+    }
+    fused = [_f("a", 1.0), _f("a2", 0.95), _f("b", 0.8), _f("novec", 0.7)]
+    assert [f.id for f in diversify(fused, v, 0.8)] == ["a", "b", "a2", "novec"]
+    assert [f.id for f in diversify(fused, v, 1.0)] == ["a", "a2", "b", "novec"]

@@ -2,12 +2,16 @@
 
 A verbatim chat turn is often unsearchable on its own: "Yes, twice last year!"
 answers a question asked in the turn before, and who said it matters ("what
-did Caroline research?"). So a turn stored with `add(infer=False)` is embedded
-and keyword-indexed as its own line, "speaker: content", followed by the
-turns just before it in the same conversation, while the memory's returned
-text stays the verbatim content. The own line comes first, so an embedder
-that truncates long input keeps the turn and drops the context. On the LoCoMo
-dev split this raised evidence recall@10 markedly (see BENCHMARKS.md).
+did Caroline research?"). So a turn stored with `add(infer=False)` is
+embedded as its speaker line, "speaker: content", and keyword-indexed as that
+line followed by the turns just before it in the same conversation, while the
+memory's returned text stays the verbatim content.
+
+The context goes into the keyword index only. Embedding it too made the turns
+after an answer look like the answer: on LongMemEval they outranked it (turn
+recall@10 fell on every one of the first questions tried), and on LoCoMo it
+gained nothing over keyword-only context (recall@10 0.713 vs 0.714). See
+BENCHMARKS.md.
 
 Keyword search drops English stopwords from the query: BM25 gives them little
 weight anyway, but each one costs a posting-list scan, and question words
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from .models import ChatMessage, Message
 
@@ -39,13 +44,20 @@ _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
 def turn_line(content: str, name: str | None) -> str:
+    """A turn as it is embedded: with its speaker's name when it has one."""
     return f"{name}: {content}" if name else content
+
+
+def embedding_text(text: str, index_text: str | None, metadata: dict[str, Any]) -> str:
+    """What a stored memory's vector was computed from (to re-embed it, e.g. on import)."""
+    name = metadata.get("name")
+    return turn_line(text, name if isinstance(name, str) else None) if index_text is not None else text
 
 
 def index_texts(
     messages: Sequence[Message], earlier: Sequence[ChatMessage | Message], context_turns: int
 ) -> list[str | None]:
-    """The index text of each message (None when it would equal the content).
+    """The keyword-index text of each message (None when it would equal the content).
 
     `earlier` holds the turns of the same conversation that came before `messages`, oldest first.
     """

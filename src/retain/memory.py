@@ -22,7 +22,7 @@ from typing import Any
 from .embedders import Embedder, embedder_from_spec
 from .errors import ConfigError, InvalidInputError, NotFoundError, RetainError
 from .filters import Filter, parse_filters
-from .indexing import index_texts, keyword_query
+from .indexing import index_texts, keyword_query, turn_line
 from .inputs import (
     MAX_LIMIT,
     MessagesInput,
@@ -51,7 +51,7 @@ from .models import (
     SearchResult,
 )
 from .pipeline import InferenceInput, apply_outcome, decide, plan
-from .ranking import Fused, fuse, lift_neighbours
+from .ranking import Fused, diversify, fuse, lift_neighbours
 from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 #: Candidates taken from each signal before fusion, at least.
 CANDIDATE_POOL = 50
+#: Candidates re-ordered by maximal marginal relevance, at least.
+MMR_POOL = 50
 #: Turns on each side of a hit that neighbour expansion lifts.
 NEIGHBOUR_WINDOW = 1
 #: Earlier turns of the same session shown to the extraction call as context.
@@ -165,7 +167,7 @@ class Memory:
             raise InvalidInputError("background=True needs infer=True; verbatim adds are already fast.")
         turns = self.settings.index_context_turns
         indexed = index_texts(parsed, self._conversation_before(scope, observed, turns), turns)
-        vectors = self.embedder.embed([ix or m.content for ix, m in zip(indexed, parsed, strict=True)])
+        vectors = self.embedder.embed([turn_line(m.content, m.name) for m in parsed])
         batch = WriteBatch(at=now_micros())
         results: list[MemoryEvent] = []
         for message, vector, index_text in zip(parsed, vectors, indexed, strict=True):
@@ -334,6 +336,9 @@ class Memory:
         similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
         if threshold is not None:
             fused = [f for f in fused if similarities.get(f.id, -1.0) >= threshold]
+        if self.settings.mmr_lambda < 1.0 and len(fused) > 1:
+            head = fused[: max(MMR_POOL, 2 * limit)]
+            fused = diversify(head, self.store.vectors(self.tenant_id, [f.id for f in head]), self.settings.mmr_lambda)
         fused = fused[:limit]
         records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
         # A record can vanish between the index read and this fetch if it was purged meanwhile.

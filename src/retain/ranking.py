@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .store.base import Candidate
+import numpy as np
+
+from .store.base import Candidate, Vector
 
 RRF_K = 10
 
@@ -65,3 +67,29 @@ def lift_neighbours(fused: list[Fused], adjacent: dict[str, list[str]], weight: 
     out += [Fused(id, score, None, None, None) for id, score in lifted.items() if id not in by_id]
     out.sort(key=lambda f: (-f.score, f.id))
     return out
+
+
+def diversify(fused: list[Fused], vectors: dict[str, Vector], weight: float) -> list[Fused]:
+    """Maximal marginal relevance: repeatedly take the candidate with the best
+    `weight` x relevance - (1 - weight) x its highest cosine to those already taken.
+
+    Relevance is the fused score over the best one. Candidates without a vector keep their
+    order after the others. Scores are unchanged; only the order moves.
+    """
+    ranked = [f for f in fused if f.id in vectors]
+    if not ranked:
+        return fused
+    top = ranked[0].score or 1.0
+    relevance = np.array([f.score / top for f in ranked])
+    matrix = np.stack([vectors[f.id] for f in ranked])
+    closest = np.full(len(ranked), -np.inf)
+    left = np.ones(len(ranked), dtype=bool)
+    order: list[int] = []
+    while left.any():
+        gain = weight * relevance - (1.0 - weight) * np.where(np.isfinite(closest), closest, 0.0)
+        pick = int(np.argmax(np.where(left, gain, -np.inf)))
+        order.append(pick)
+        left[pick] = False
+        closest = np.maximum(closest, matrix @ matrix[pick])
+    chosen = {f.id for f in ranked}
+    return [ranked[i] for i in order] + [f for f in fused if f.id not in chosen]

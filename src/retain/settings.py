@@ -51,6 +51,8 @@ class Settings:
     conversation_gap_seconds: float = 1800.0
     #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
     neighbour_weight: float = 0.5
+    #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
+    mmr_lambda: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
@@ -90,6 +92,8 @@ class Settings:
             updates["index_context_turns"] = _non_negative_int("RETAIN_INDEX_CONTEXT_TURNS", v)
         if v := values.get("RETAIN_NEIGHBOUR_WEIGHT"):
             updates["neighbour_weight"] = _fraction("RETAIN_NEIGHBOUR_WEIGHT", v, zero_ok=True)
+        if v := values.get("RETAIN_MMR_LAMBDA"):
+            updates["mmr_lambda"] = _fraction("RETAIN_MMR_LAMBDA", v)
         return replace(settings, **updates)  # type: ignore[arg-type]
 
 

@@ -49,8 +49,8 @@ class NewMemory:
     expires_at: int | None = None
     #: Check inside the write transaction for a current duplicate in the same user/agent scope.
     dedup: bool = False
-    #: What `embedding` was computed from and what keyword search indexes, when it is not `text`
-    #: (e.g. a verbatim turn with its speaker and preceding turns). Never returned as the memory.
+    #: What keyword search indexes, when it is not `text`: a verbatim turn with its speaker and the
+    #: turns before it (see `retain.indexing`). Never returned as the memory.
     index_text: str | None = None
 
 
