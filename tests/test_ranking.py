@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from retain.ranking import Fused, diversify, lift_neighbours
+import pytest
+
+from retain.ranking import Fused, diversify, fuse, lift_neighbours
 
 
 def _f(id: str, score: float) -> Fused:
@@ -36,3 +38,15 @@ def test_mmr_moves_a_near_duplicate_below_a_different_hit() -> None:
     fused = [_f("a", 1.0), _f("a2", 0.95), _f("b", 0.8), _f("novec", 0.7)]
     assert [f.id for f in diversify(fused, v, 0.8)] == ["a", "b", "a2", "novec"]
     assert [f.id for f in diversify(fused, v, 1.0)] == ["a", "a2", "b", "novec"]
+
+
+def test_keyword_weight_lets_a_keyword_first_beat_a_vector_first() -> None:
+    from retain.store.base import Candidate
+
+    dense = [Candidate("v", 0.9), Candidate("k", 0.5)]
+    sparse = [Candidate("k", 3.0)]
+    assert [f.id for f in fuse(dense, sparse, k=10)] == ["k", "v"]
+    dense = [Candidate("v", 0.9), Candidate("x", 0.5), Candidate("y", 0.4), Candidate("k", 0.3)]
+    assert [f.id for f in fuse(dense, sparse, k=10)][0] == "v"  # equal weights: vector first wins
+    fused = fuse(dense, sparse, k=10, keyword_weight=2.0)
+    assert fused[0].id == "k" and fused[0].score == pytest.approx((2 / 11 + 1 / 14) / (3 / 11))

@@ -323,7 +323,7 @@ class Memory:
         pool = max(CANDIDATE_POOL, 2 * limit)
         dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
         sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
-        fused = fuse(dense, sparse)
+        fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
         if self.settings.neighbour_weight > 0:
             gap = int(self.settings.conversation_gap_seconds * 1_000_000)
             sources = [f.id for f in fused[: 2 * limit]]

@@ -29,17 +29,19 @@ class Fused:
     bm25: float | None
 
 
-def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K) -> list[Fused]:
+def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K, keyword_weight: float = 1.0) -> list[Fused]:
+    """Reciprocal-rank fusion; a keyword rank counts `keyword_weight` times a vector rank."""
     ranks: dict[str, dict[str, int]] = {}
     for name, candidates in (("vector", dense), ("keyword", sparse)):
         for rank, candidate in enumerate(candidates, start=1):
             ranks.setdefault(candidate.id, {})[name] = rank
     bm25 = {c.id: c.score for c in sparse}
-    best = 2.0 / (k + 1)
+    weights = {"vector": 1.0, "keyword": keyword_weight}
+    best = (1.0 + keyword_weight) / (k + 1)
     fused = [
         Fused(
             id=id,
-            score=sum(1.0 / (k + r) for r in signal.values()) / best,
+            score=sum(weights[name] / (k + r) for name, r in signal.items()) / best,
             vector=signal.get("vector"),
             keyword=signal.get("keyword"),
             bm25=bm25.get(id),

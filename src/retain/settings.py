@@ -49,6 +49,8 @@ class Settings:
     index_context_turns: int = 2
     #: Turns further apart than this belong to different conversations (no shared context, no neighbours).
     conversation_gap_seconds: float = 1800.0
+    #: Weight of a keyword (BM25) rank against a vector rank in reciprocal-rank fusion.
+    keyword_weight: float = 1.0
     #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
     neighbour_weight: float = 0.5
     #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
@@ -92,6 +94,8 @@ class Settings:
             updates["index_context_turns"] = _non_negative_int("RETAIN_INDEX_CONTEXT_TURNS", v)
         if v := values.get("RETAIN_NEIGHBOUR_WEIGHT"):
             updates["neighbour_weight"] = _fraction("RETAIN_NEIGHBOUR_WEIGHT", v, zero_ok=True)
+        if v := values.get("RETAIN_KEYWORD_WEIGHT"):
+            updates["keyword_weight"] = _positive_float("RETAIN_KEYWORD_WEIGHT", v)
         if v := values.get("RETAIN_MMR_LAMBDA"):
             updates["mmr_lambda"] = _fraction("RETAIN_MMR_LAMBDA", v)
         return replace(settings, **updates)  # type: ignore[arg-type]
@@ -104,6 +108,16 @@ def _positive_int(name: str, raw: str) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer.") from None
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be a positive integer.")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number.") from None
+    if not 0.0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a positive number.")
     return value
 
 
