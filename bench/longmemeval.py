@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSON or JSON.gz (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="only every Nth question (1st, N+1th, ...): a subsample that keeps every question "
+                        "type, since the file is ordered by type")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes, one question each at a time (1 onnxruntime thread per process)")
     parser.add_argument("--embedder", default="local:minilm")
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", default=None, metavar="PATH", help="write the full results JSON here")
     args = parser.parse_args(argv)
 
-    questions = load_json(args.data)[: args.limit]
+    questions = load_json(args.data)[:: max(1, args.every)][: args.limit]
     variants: tuple[Variant | None, ...] = (None, *(Variant.parse(s) for s in args.variant))
     names = ["retain", *(v.name for v in variants if v is not None)]
     settings = Settings.from_env()
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {
         "benchmark": "longmemeval_s", "text": "verbatim", "index_context_turns": settings.index_context_turns,
         "neighbour_weight": settings.neighbour_weight, "mmr_lambda": settings.mmr_lambda,
-        "embedder": args.embedder, "data": str(args.data), "questions": len(results),
+        "embedder": args.embedder, "data": str(args.data), "every": args.every, "questions": len(results),
         "scored": summaries["retain"]["n"], "abstention_skipped": summaries["retain"]["abstention_skipped"],
         "turns": n_turns, "skipped_empty_turns": sum(r["skipped_empty_turns"] for r in results),
         "ingest_s": ingest_s, "ingest_turns_per_s": n_turns / ingest_s if ingest_s else float("nan"),

@@ -51,7 +51,7 @@ from .models import (
     SearchResult,
 )
 from .pipeline import InferenceInput, apply_outcome, decide, plan
-from .ranking import Fused, diversify, fuse, lift_neighbours
+from .ranking import Fused, boost_speakers, diversify, fuse, lift_neighbours
 from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
@@ -332,6 +332,10 @@ class Memory:
             fused = lift_neighbours(
                 fused, adjacent, self.settings.neighbour_weight, new_ok=where is None and as_of is None
             )
+        records: dict[str, MemoryRecord] = {}
+        if self.settings.speaker_boost > 0:
+            records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
+            fused = boost_speakers(query, fused, records, self.settings.speaker_boost)
         missing = [f.id for f in fused if f.vector is None]
         similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
         if threshold is not None:
@@ -340,7 +344,8 @@ class Memory:
             head = fused[: max(MMR_POOL, 2 * limit)]
             fused = diversify(head, self.store.vectors(self.tenant_id, [f.id for f in head]), self.settings.mmr_lambda)
         fused = fused[:limit]
-        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
+        unknown = [f.id for f in fused if f.id not in records]
+        records |= {r.id: r for r in self.store.get(self.tenant_id, unknown)}
         # A record can vanish between the index read and this fetch if it was purged meanwhile.
         return [(f, records[f.id], similarities.get(f.id, 0.0)) for f in fused if f.id in records]
 

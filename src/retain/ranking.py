@@ -11,10 +11,12 @@ text) and left LongMemEval_S within noise (turn recall@5 0.677 -> 0.686,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
+from .models import MemoryRecord
 from .store.base import Candidate, Vector
 
 RRF_K = 10
@@ -95,3 +97,25 @@ def diversify(fused: list[Fused], vectors: dict[str, Vector], weight: float) -> 
         closest = np.maximum(closest, matrix @ matrix[pick])
     chosen = {f.id for f in ranked}
     return [ranked[i] for i in order] + [f for f in fused if f.id not in chosen]
+
+
+def boost_speakers(query: str, fused: list[Fused], records: dict[str, MemoryRecord], boost: float) -> list[Fused]:
+    """Raise by `boost` (x (1 + boost)) the turns spoken by someone the query names.
+
+    "What did Caroline research?" is mostly answered by Caroline's own turns. The speaker is
+    the `name` a verbatim turn was added with; queries naming nobody are left as they are.
+    """
+    names = {r.metadata.get("name") for r in records.values()}
+    mentioned = {
+        n for n in names if isinstance(n, str) and n and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", query, re.I)
+    }
+    if not mentioned:
+        return fused
+    out = [
+        Fused(f.id, f.score * (1.0 + boost), f.vector, f.keyword, f.bm25)
+        if f.id in records and records[f.id].metadata.get("name") in mentioned
+        else f
+        for f in fused
+    ]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out

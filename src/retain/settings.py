@@ -51,6 +51,8 @@ class Settings:
     conversation_gap_seconds: float = 1800.0
     #: Weight of a keyword (BM25) rank against a vector rank in reciprocal-rank fusion.
     keyword_weight: float = 1.0
+    #: Turns spoken by someone the query names score (1 + this) times higher (0: off).
+    speaker_boost: float = 0.0
     #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
     neighbour_weight: float = 0.5
     #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
