@@ -249,3 +249,16 @@ def test_a_hit_lifts_its_neighbouring_turns(tmp_path: Path) -> None:
     off = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.0)
     with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=off) as m:
         assert m.search("kiwi", user_id="u", limit=3).results[1].score < 0.5 * hits[0].score
+
+
+def test_a_query_naming_a_speaker_prefers_that_speakers_turns(tmp_path: Path) -> None:
+    turns = [{"content": "I adopted a puppy", "name": "Ann"}, {"content": "I adopted a kitten", "name": "Bob"}]
+    for boost, first in ((1.0, "I adopted a kitten"), (0.0, None)):
+        settings = Settings(track_access=False, index_context_turns=0, speaker_boost=boost)
+        with Memory(str(tmp_path / f"s{boost}.db"), HashEmbedder(), settings=settings) as m:
+            m.add(turns, user_id="u", infer=False)
+            hits = m.search("what did Bob adopt", user_id="u", limit=2).results
+            if first is not None:
+                assert hits[0].memory == first and hits[0].score > hits[1].score * 1.5
+            else:
+                assert hits[0].score < hits[1].score * 1.5

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from retain.ranking import Fused, diversify, fuse, lift_neighbours
+from retain.models import MemoryRecord
+from retain.ranking import Fused, boost_speakers, diversify, fuse, lift_neighbours
 
 
 def _f(id: str, score: float) -> Fused:
@@ -48,3 +51,35 @@ def test_keyword_weight_lets_a_keyword_first_beat_a_vector_first() -> None:
     fused = fuse(dense, sparse, k=10, keyword_weight=2.0)
     assert [f.id for f in fused] == ["z", "a"]
     assert fused[0].score == pytest.approx(2 / 3)
+
+
+def _record(id: str, name: str | None) -> MemoryRecord:
+    now = datetime.now(UTC)
+    return MemoryRecord(
+        id=id,
+        memory="x",
+        category=None,
+        metadata={} if name is None else {"name": name},
+        user_id="u",
+        agent_id=None,
+        run_id=None,
+        lineage_id=id,
+        hash="h",
+        created_at=now,
+        updated_at=now,
+        valid_from=now,
+        valid_to=None,
+        superseded_by=None,
+        source_message_ids=[],
+        access_count=0,
+        last_accessed_at=None,
+        expires_at=None,
+    )
+
+
+def test_turns_of_a_speaker_the_query_names_are_boosted() -> None:
+    fused = [_f("mel", 1.0), _f("caro", 0.6), _f("none", 0.55)]
+    records = {"mel": _record("mel", "Mel"), "caro": _record("caro", "Caroline"), "none": _record("none", None)}
+    out = boost_speakers("What did caroline research?", fused, records, 1.0)
+    assert [(f.id, f.score) for f in out] == [("caro", 1.2), ("mel", 1.0), ("none", 0.55)]
+    assert boost_speakers("What did Carol research?", fused, records, 1.0) == fused  # whole names only

@@ -33,9 +33,11 @@ def test_retrieval_settings_from_env() -> None:
             "RETAIN_NEIGHBOUR_WEIGHT": "0",
             "RETAIN_KEYWORD_WEIGHT": "1.5",
             "RETAIN_MMR_LAMBDA": "0.8",
+            "RETAIN_SPEAKER_BOOST": "0",
         }
     )
     assert (s.index_context_turns, s.neighbour_weight, s.keyword_weight, s.mmr_lambda) == (0, 0.0, 1.5, 0.8)
+    assert s.speaker_boost == 0.0
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,7 @@ def test_retrieval_settings_from_env() -> None:
         ("RETAIN_NEIGHBOUR_WEIGHT", "1.5", r"\[0, 1\]"),
         ("RETAIN_KEYWORD_WEIGHT", "0", "positive"),
         ("RETAIN_MMR_LAMBDA", "0", r"\(0, 1\]"),
+        ("RETAIN_SPEAKER_BOOST", "-1", "0 or more"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

@@ -52,7 +52,7 @@ class Settings:
     #: Weight of a keyword (BM25) rank against a vector rank in reciprocal-rank fusion.
     keyword_weight: float = 1.0
     #: Turns spoken by someone the query names score (1 + this) times higher (0: off).
-    speaker_boost: float = 0.0
+    speaker_boost: float = 1.0
     #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
     neighbour_weight: float = 0.5
     #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
@@ -98,6 +98,8 @@ class Settings:
             updates["neighbour_weight"] = _fraction("RETAIN_NEIGHBOUR_WEIGHT", v, zero_ok=True)
         if v := values.get("RETAIN_KEYWORD_WEIGHT"):
             updates["keyword_weight"] = _positive_float("RETAIN_KEYWORD_WEIGHT", v)
+        if (v := values.get("RETAIN_SPEAKER_BOOST")) is not None and v != "":
+            updates["speaker_boost"] = _non_negative_float("RETAIN_SPEAKER_BOOST", v)
         if v := values.get("RETAIN_MMR_LAMBDA"):
             updates["mmr_lambda"] = _fraction("RETAIN_MMR_LAMBDA", v)
         return replace(settings, **updates)  # type: ignore[arg-type]
@@ -120,6 +122,16 @@ def _positive_float(name: str, raw: str) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number.") from None
     if not 0.0 < value < float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a positive number.")
+    return value
+
+
+def _non_negative_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number.") from None
+    if not 0.0 <= value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be 0 or more.")
     return value
 
 
