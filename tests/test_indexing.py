@@ -39,3 +39,10 @@ def test_long_context_turns_are_cut() -> None:
 def test_keyword_query_drops_stopwords_and_possessives() -> None:
     assert keyword_query("What did Caroline's sister research in 2022?") == "Caroline sister research 2022"
     assert keyword_query("what is it") == "what is it"  # nothing left: keep the query
+
+
+def test_only_short_turns_get_context() -> None:
+    long = " ".join(["word"] * 31)
+    out = index_texts([Message(content="Q?", name="A"), Message(content=long, name="B")], [], 2, short_words=30)
+    assert out == ["A: Q?", f"B: {long}"]
+    assert index_texts([Message(content="Q?", name="A"), Message(content="ok", name="B")], [], 2)[1] == "B: ok\nA: Q?"

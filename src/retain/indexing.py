@@ -7,11 +7,12 @@ embedded as its speaker line, "speaker: content", and keyword-indexed as that
 line followed by the turns just before it in the same conversation, while the
 memory's returned text stays the verbatim content.
 
-The context goes into the keyword index only. Embedding it too made the turns
-after an answer look like the answer: on LongMemEval they outranked it (turn
-recall@10 fell on every one of the first questions tried), and on LoCoMo it
-gained nothing over keyword-only context (recall@10 0.713 vs 0.714). See
-BENCHMARKS.md.
+The context goes into the keyword index only, and only for short turns (at
+most 30 words). Embedding it too made the turns after an answer look like the
+answer, so they outranked it on LongMemEval, and on LoCoMo it gained nothing
+over keyword-only context (recall@10 0.713 vs 0.714). Context on long turns
+did the same on LongMemEval through BM25 (turn recall@10 0.824 -> 0.790); short
+turns are the elliptical ones that need it. See BENCHMARKS.md.
 
 Keyword search drops English stopwords from the query: BM25 gives them little
 weight anyway, but each one costs a posting-list scan, and question words
@@ -26,6 +27,10 @@ from typing import Any
 
 from .models import ChatMessage, Message
 
+#: Turns of at most this many words are indexed with context: a short turn ("Yes, twice!") leans on
+#: what it answers, a long one stands alone, and context on long turns let an answer's neighbours
+#: crowd it out (see BENCHMARKS.md).
+SHORT_TURN_WORDS = 30
 #: Each context turn is cut to this many characters: enough for a short turn, a hint of a long one.
 CONTEXT_CHARS = 300
 
@@ -55,17 +60,22 @@ def embedding_text(text: str, index_text: str | None, metadata: dict[str, Any]) 
 
 
 def index_texts(
-    messages: Sequence[Message], earlier: Sequence[ChatMessage | Message], context_turns: int
+    messages: Sequence[Message],
+    earlier: Sequence[ChatMessage | Message],
+    context_turns: int,
+    short_words: int = SHORT_TURN_WORDS,
 ) -> list[str | None]:
     """The keyword-index text of each message (None when it would equal the content).
 
     `earlier` holds the turns of the same conversation that came before `messages`, oldest first.
+    Only turns of at most `short_words` words get context.
     """
     history = [_context_line(m) for m in earlier]
     out: list[str | None] = []
     for message in messages:
         own = turn_line(message.content, message.name)
-        context = history[len(history) - context_turns :] if context_turns else []
+        short = len(message.content.split()) <= short_words
+        context = history[len(history) - context_turns :] if context_turns and short else []
         text = "\n".join([own, *context])
         out.append(None if text == message.content else text)
         history.append(_context_line(message))

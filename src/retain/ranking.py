@@ -1,12 +1,17 @@
-"""Fusion of the retrieval signals by reciprocal rank.
+"""Fusion of the retrieval signals by reciprocal rank, and the re-ranking steps after it.
 
 RRF needs no score calibration between cosine similarity and BM25, which live
 on different scales and shift with corpus size; it only trusts each signal's
 order. The fused score is scaled so that 1.0 means "ranked first by every
-signal". k = 10 rather than the usual 60 weighs the top ranks more: on the
-LoCoMo dev split it raised evidence recall@10 from 0.465 to 0.532 (plain turn
-text) and left LongMemEval_S within noise (turn recall@5 0.677 -> 0.686,
-@10 0.840 -> 0.834); see BENCHMARKS.md.
+signal". k = 10 rather than the usual 60 weighs the top ranks more (LoCoMo dev
+evidence recall@10 0.465 -> 0.532). A keyword rank counts twice a vector rank
+by default (`Settings.keyword_weight`): with turns keyword-indexed with their
+speaker and context, BM25 is the sharper signal on LoCoMo (recall@10 0.730 ->
+0.744) and LongMemEval_S is within a question of unchanged. See BENCHMARKS.md.
+
+After fusion: a hit lifts its neighbouring turns (`lift_neighbours`), turns of
+a speaker the query names are boosted (`boost_speakers`), and optionally the
+list is re-ordered for diversity (`diversify`, MMR).
 """
 
 from __future__ import annotations
