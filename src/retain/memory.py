@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 #: Candidates taken from each signal before fusion, at least.
 CANDIDATE_POOL = 50
+#: Candidates the speaker boost looks at, at least.
+SPEAKER_POOL = 20
 #: Candidates re-ordered by maximal marginal relevance, at least.
 MMR_POOL = 50
 #: Turns on each side of a hit that neighbour expansion lifts.
@@ -334,8 +336,10 @@ class Memory:
             )
         records: dict[str, MemoryRecord] = {}
         if self.settings.speaker_boost > 0:
-            records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
-            fused = boost_speakers(query, fused, records, self.settings.speaker_boost)
+            # Only the head can reach the results: a boost at most doubles a score.
+            head = fused[: max(SPEAKER_POOL, 2 * limit)]
+            records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in head])}
+            fused = boost_speakers(query, head, records, self.settings.speaker_boost) + fused[len(head) :]
         missing = [f.id for f in fused if f.vector is None]
         similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
         if threshold is not None:
