@@ -1,15 +1,20 @@
 """The embedded store: one SQLite file in WAL mode.
 
 Memories, events, messages and jobs are plain tables; vectors live in a
-sqlite-vec `vec0` table partitioned by (tenant, user), and keywords in a
-contentless FTS5 table. Everything commits in one transaction.
+plain table searched in numpy per (tenant, user) partition (vector_index.py),
+and keywords in a contentless FTS5 table. Everything commits in one
+transaction.
 
 Keyword terms are tokenised here (porter stemming over unicode61) and stored
 with a short prefix derived from the partition and from whether the memory is
 current, e.g. `k3f9a2x1qc` + `berlin`. A user's query then reads only that
 user's postings, so keyword search costs the same at 1k or 1M memories in
-total, and superseded versions never crowd out current ones. (FTS5 still
-counts documents over the whole table, so BM25's IDF is only partly per-user.)
+total, and superseded versions never crowd out current ones. FTS5's own
+bm25() counts documents and lengths over the whole table, so it only picks the
+candidates; `retain_bm25` scores them with the partition's statistics
+(`keyword_stats`, kept in the write transaction), so a user's scores do not
+move when other users write. A memory's `index_text` (speaker and context of
+a verbatim turn) is what gets indexed when it has one.
 
 Python's own sqlite3 cannot load extensions on many builds; apsw can, and
 ships a current SQLite with FTS5 on every platform.
