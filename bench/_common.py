@@ -9,15 +9,10 @@ What lives here:
   text) so that repeated runs and retrieval experiments do not re-embed the
   same texts. Ingest timings taken with a warm cache are *not* real timings,
   and the harnesses say so in their output;
-- `ContextEmbedder`: embeds a stored text together with extra context (for
-  example its preceding turn) while the store keeps the plain text; a bench-
-  only way to try "contextual" embeddings without touching `src/`;
 - ranking metrics (recall@k, NDCG@k) over hits that may map to several gold ids;
-- the retrieval prototype (`Variant`, `proto_search`): re-implements Retain's
-  hybrid search (vector KNN + BM25, fused by reciprocal rank) from the store's
-  own primitives, with knobs for the ideas under test (pool size, RRF k,
-  signal weights, query stopword removal for BM25, neighbour-turn score
-  propagation, MMR). With default knobs it reproduces `Memory.search`.
+- search variants (`Variant`): `Memory.search` itself with search-time
+  settings changed (neighbour lift, MMR), over the same ingested store, so
+  an idea is measured in the library, not in a re-implementation.
 """
 
 from __future__ import annotations
@@ -26,13 +21,12 @@ import gzip
 import hashlib
 import json
 import math
-import re
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,7 +36,6 @@ import numpy as np
 from retain import Memory
 from retain.embedders import Embedder
 from retain.embedders.base import Vectors
-from retain.inputs import make_scope
 from retain.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,39 +186,17 @@ class CachingEmbedder(Embedder):
         return out
 
 
-class ContextEmbedder(Embedder):
-    """Embeds `alias[text]` instead of `text` for registered texts; the store keeps `text`.
-
-    Used for experiments: embedding a turn together with its preceding turns, or embedding the
-    plain turn while the stored (and BM25-indexed) text carries a prefix. Queries (not registered)
-    embed as themselves. A text that occurs twice keeps its last alias.
-    """
-
-    def __init__(self, base: Embedder) -> None:
-        self.base = base
-        self.model_id = base.model_id  # type: ignore[misc]
-        self.dimensions = base.dimensions
-        self.alias: dict[str, str] = {}
-
-    def embed(self, texts: Sequence[str]) -> Vectors:
-        return self.base.embed([self.alias.get(t, t) for t in texts])
-
-
-def make_embedder(spec: str, cache: str | None, *, context: bool = False) -> Embedder:
-    """The embedder named by `spec` (e.g. local:minilm), optionally cached and context-wrapped."""
+def make_embedder(spec: str, cache: str | None) -> Embedder:
+    """The embedder named by `spec` (e.g. local:minilm), optionally cached."""
     from retain.embedders import embedder_from_spec
 
     embedder: Embedder = embedder_from_spec(spec, Settings.from_env())
     if cache:
         embedder = CachingEmbedder(embedder, Path(cache))
-    if context:
-        embedder = ContextEmbedder(embedder)
     return embedder
 
 
 def cache_stats(embedder: Embedder) -> dict[str, int] | None:
-    while isinstance(embedder, ContextEmbedder):
-        embedder = embedder.base
     if isinstance(embedder, CachingEmbedder):
         return {"hits": embedder.hits, "misses": embedder.misses}
     return None
@@ -272,176 +243,36 @@ def ndcg_at(ranked: Sequence[set[str]], gold: set[str], k: int) -> float:
     return dcg / ideal
 
 
-# -- retrieval prototype ---------------------------------------------------------------------
+# -- search variants -----------------------------------------------------------------------
 
-_STOPWORD_TEXT = """
-a about above after again against all am an and any are as at be because been before being below between both
-but by can could did do does doing down during each few for from further had has have having he her here hers
-herself him himself his how i if in into is it its itself just me might more most must my myself no nor not now
-of off on once only or other our ours ourselves out over own same she should so some such than that the their
-theirs them themselves then there these they this those through to too under until up very was we were what
-when where which while who whom why will with would you your yours yourself yourselves ever also like likely
-"""
-#: A small English stopword list for the BM25 side of queries (question words included).
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
-_WORD = re.compile(r"[\w']+", re.UNICODE)
-
-
-def strip_stopwords(query: str) -> str:
-    words = [w for w in _WORD.findall(query) if w.lower().strip("'") not in STOPWORDS and not w.endswith("'s")]
-    words += [w[:-2] for w in _WORD.findall(query) if w.endswith("'s")]
-    return " ".join(words) if words else query
+#: Settings that only change how a search ranks, so variants can share one ingested store.
+SEARCH_SETTINGS = ("keyword_weight", "speaker_boost", "neighbour_weight", "mmr_lambda", "conversation_gap_seconds")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """Knobs of the prototype search. Defaults reproduce `Memory.search` (RRF k=60, pool 50 per signal)."""
+    """A named set of search-time `Settings` overrides, e.g. `mmr:mmr_lambda=0.8,neighbour_weight=0`."""
 
-    name: str = "proto"
-    pool: int = 50  # candidates per signal, at least 2 * limit
-    rrf_k: float = 60.0
-    w_vec: float = 1.0
-    w_kw: float = 1.0
-    stop: bool = False  # drop stopwords from the BM25 query only
-    nb: float = 0.0  # neighbour propagation: score += nb * (score(prev) + score(next)) over fused scores
-    nbw: int = 1  # neighbour window (turns each side)
-    nbmax: bool = False  # neighbour score = max(own, nb * anchor) instead of own + nb * anchor
-    nbback: float = 1.0  # weight multiplier for propagation to *earlier* turns (1 = symmetric, 0 = only later)
-    mmr: float = 0.0  # 0 = off; else MMR lambda (relevance weight) over the fused list
-    recency: float = 0.0  # add recency * (normalised position of the memory in time) to the fused score
-    score: bool = False  # fuse min-max-normalised scores (cosine, BM25) instead of reciprocal ranks
-    sess: float = 0.0  # add sess * (the turn's session score / best session score) * best turn score
-    prf: float = 0.0  # dense pseudo-relevance feedback: re-query with q + prf * mean(top-3 fused vectors)
+    name: str
+    overrides: dict[str, float]
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        """`proto`, or `NAME:key=value,key=value` (keys: the field names below)."""
         name, _, rest = spec.partition(":")
-        kinds = {f.name: f.type for f in fields(cls)}
-        values: dict[str, Any] = {"name": spec if rest else name}
+        overrides: dict[str, float] = {}
         for part in filter(None, rest.split(",")):
             key, _, raw = part.partition("=")
-            if key not in kinds or key == "name":
-                raise ValueError(f"unknown variant knob {key!r} in {spec!r}; knobs: {sorted(kinds)}")
-            kind = kinds[key]
-            values[key] = raw in ("1", "true", "yes") if kind == "bool" else int(raw) if kind == "int" else float(raw)
-        return cls(**values)
+            if key not in SEARCH_SETTINGS:
+                raise ValueError(f"unknown search setting {key!r} in {spec!r}; one of {SEARCH_SETTINGS}")
+            overrides[key] = float(raw)
+        return cls(spec if rest else name, overrides)
 
-
-@dataclass
-class TurnIndex:
-    """What the harness knows about the stored turns of one user: order and neighbours by memory id."""
-
-    position: dict[str, int] = field(default_factory=dict)  # memory id -> global order of ingest
-    neighbours: dict[str, list[str]] = field(default_factory=dict)  # memory id -> same-session neighbours
-    session: dict[str, int] = field(default_factory=dict)  # memory id -> session number
-
-    def add_session(self, ids: Sequence[str], window: int = 3) -> None:
-        base = len(self.position)
-        number = len(set(self.session.values()))
-        for i, mid in enumerate(ids):
-            self.position[mid] = base + i
-            self.session[mid] = number
-            self.neighbours[mid] = [ids[j] for j in range(max(0, i - window), min(len(ids), i + window + 1))]
-
-
-class ProtoSearcher:
-    """Runs prototype variants against one `Memory`, caching query vectors across variants."""
-
-    def __init__(self, memory: Memory) -> None:
-        self.memory = memory
-        self._vectors: dict[str, Any] = {}
-        self._candidates: dict[tuple[str, str, int, bool], tuple[list[Any], list[Any]]] = {}
-
-    def _vector(self, query: str) -> Any:
-        if query not in self._vectors:
-            self._vectors[query] = self.memory.embedder.embed([query])[0]
-        return self._vectors[query]
-
-    def search(self, query: str, user_id: str, limit: int, v: Variant, turns: TurnIndex | None) -> list[str]:
-        """Memory ids, best first."""
-        store = self.memory.store
-        scope = make_scope(self.memory.tenant_id, user_id, None, None)
-        pool = max(v.pool, 2 * limit)
-        vector = self._vector(query)
-        key = (user_id, query, pool, v.stop)
-        if key not in self._candidates:
-            now = time.time_ns() // 1000
-            dense = store.vector_search(scope, vector, pool, None, None, now)
-            kw_query = strip_stopwords(query) if v.stop else query
-            sparse = store.keyword_search(scope, kw_query, pool, None, None, now)
-            self._candidates[key] = (dense, sparse)
-        dense, sparse = self._candidates[key]
-        if v.prf:
-            first = Variant(pool=v.pool, rrf_k=v.rrf_k, w_vec=v.w_vec, w_kw=v.w_kw, stop=v.stop)
-            top = self.search(query, user_id, 3, first, None)
-            vectors = store.vectors(self.memory.tenant_id, top)
-            if vectors:
-                q2 = vector + v.prf * np.mean([vectors[i] for i in top if i in vectors], axis=0)
-                q2 = q2 / (np.linalg.norm(q2) or 1.0)
-                dense = store.vector_search(scope, q2.astype(np.float32), pool, None, None, time.time_ns() // 1000)
-        scores: dict[str, float] = {}
-        for weight, cands in ((v.w_vec, dense), (v.w_kw, sparse)):
-            if weight == 0 or not cands:
-                continue
-            if v.score:
-                hi, lo = max(c.score for c in cands), min(c.score for c in cands)
-                for cand in cands:
-                    norm = (cand.score - lo) / (hi - lo) if hi > lo else 1.0
-                    scores[cand.id] = scores.get(cand.id, 0.0) + weight * norm
-                continue
-            for rank, cand in enumerate(cands, start=1):
-                scores[cand.id] = scores.get(cand.id, 0.0) + weight / (v.rrf_k + rank)
-        if v.nb and turns is not None:
-            base = dict(scores)
-            for mid, s in base.items():
-                for other in turns.neighbours.get(mid, []):
-                    gap = turns.position.get(other, 0) - turns.position.get(mid, 0)
-                    if other != mid and 0 < abs(gap) <= v.nbw:
-                        weight = v.nb * (v.nbback if gap < 0 else 1.0)
-                        if v.nbmax:
-                            scores[other] = max(scores.get(other, 0.0), weight * s)
-                        else:
-                            scores[other] = scores.get(other, 0.0) + weight * s
-        if v.sess and turns is not None and scores:
-            by_session: dict[int, float] = {}
-            for mid, sc in scores.items():
-                if mid in turns.session:
-                    by_session[turns.session[mid]] = by_session.get(turns.session[mid], 0.0) + sc
-            best_session = max(by_session.values(), default=0.0) or 1.0
-            best_turn = max(scores.values())
-            for mid in scores:
-                if mid in turns.session:
-                    scores[mid] += v.sess * best_turn * by_session[turns.session[mid]] / best_session
-        if v.recency and turns is not None and turns.position:
-            n = max(len(turns.position) - 1, 1)
-            top = max(scores.values(), default=0.0)
-            for mid in scores:
-                scores[mid] += v.recency * top * turns.position.get(mid, 0) / n
-        ranked = sorted(scores, key=lambda mid: (-scores[mid], mid))
-        if v.mmr:
-            ranked = self._mmr(ranked[: max(3 * limit, 50)], scores, vector, v.mmr, limit)
-        return ranked[:limit]
-
-    def _mmr(self, ids: list[str], scores: dict[str, float], query: Any, lam: float, limit: int) -> list[str]:
-        vectors = self.memory.store.vectors(self.memory.tenant_id, ids)
-        ids = [i for i in ids if i in vectors]
-        if not ids:
-            return []
-        top = max(scores[i] for i in ids) or 1.0
-        rel = {i: scores[i] / top for i in ids}
-        chosen: list[str] = []
-        rest = list(ids)
-        while rest and len(chosen) < limit:
-            def gain(i: str) -> float:
-                sim = max((float(vectors[i] @ vectors[j]) for j in chosen), default=0.0)
-                return lam * rel[i] - (1 - lam) * sim
-
-            best = max(rest, key=gain)
-            chosen.append(best)
-            rest.remove(best)
-        return chosen + [i for i in ids if i not in chosen]
+    def view(self, memory: Memory) -> Memory:
+        """The same store and embedder, searched with these settings (the library's own search)."""
+        view = object.__new__(Memory)
+        view.__dict__.update(memory.__dict__)
+        view.settings = replace(memory.settings, **self.overrides)  # type: ignore[arg-type]
+        return view
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -52,7 +52,8 @@ import numpy as np
 import numpy.typing as npt
 
 from retain.embedders.minilm import MiniLMEmbedder
-from retain.memory import Memory, new_id, text_hash
+from retain.indexing import keyword_query
+from retain.memory import NEIGHBOUR_WINDOW, Memory, new_id, text_hash
 from retain.models import Scope
 from retain.ranking import fuse
 from retain.settings import Settings
@@ -423,7 +424,8 @@ def measure_breakdown(
 ) -> dict[str, dict[str, float]]:
     """The stages of a search timed one by one, as `Memory.search` runs them."""
     scope = Scope(tenant_id=TENANT, user_id=QUERIED_USER)
-    stages: dict[str, list[float]] = {k: [] for k in ("embed", "vector_search", "keyword_search", "similarity", "get")}
+    names = ("embed", "vector_search", "keyword_search", "adjacent", "similarity", "get")
+    stages: dict[str, list[float]] = {k: [] for k in names}
     keyword_hits = []
     for q in queries:
         now = now_micros()
@@ -432,11 +434,13 @@ def measure_breakdown(
         stages["embed"].append(watch.lap())
         dense = store.vector_search(scope, vector, POOL, None, None, now)
         stages["vector_search"].append(watch.lap())
-        sparse = store.keyword_search(scope, q, POOL, None, None, now)
+        sparse = store.keyword_search(scope, keyword_query(q), POOL, None, None, now)
         stages["keyword_search"].append(watch.lap())
         keyword_hits.append(len(sparse))
         fused = fuse(dense, sparse)
         watch.lap()
+        store.adjacent(TENANT, [f.id for f in fused[:20]], NEIGHBOUR_WINDOW, 1800 * 1_000_000, now)
+        stages["adjacent"].append(watch.lap())
         store.similarity(TENANT, [f.id for f in fused if f.vector is None], vector)
         stages["similarity"].append(watch.lap())
         store.get(TENANT, [f.id for f in fused[:10]])

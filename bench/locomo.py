@@ -16,7 +16,13 @@ messages as retrieved.
 Examples:
     python bench/locomo.py                                  # raw mode, dev split
     python bench/locomo.py --limit-conversations 1 --k 1,5,10,25
-    python bench/locomo.py --text speaker_date --variant proto --variant "nb:nb=0.3"
+    python bench/locomo.py --variant "no-neighbours:neighbour_weight=0" --variant "mmr:mmr_lambda=0.8"
+    RETAIN_INDEX_CONTEXT_TURNS=0 python bench/locomo.py     # index settings come from the environment
+
+Each turn is added as {role: user, name: speaker, content: turn}; how it is indexed
+(speaker line, preceding turns) is the library's default, set by RETAIN_* settings.
+`--variant` re-runs the questions through `Memory.search` with search-time settings
+changed, over the same stores.
 
 The last stdout line is one JSON object with the headline numbers.
 """
@@ -35,10 +41,7 @@ from typing import Any
 
 from _common import (
     SHARED_DATA,
-    ContextEmbedder,
-    ProtoSearcher,
     TokenCounter,
-    TurnIndex,
     Variant,
     cache_stats,
     emit,
@@ -62,7 +65,6 @@ from retain.settings import Settings
 
 DEFAULT_DATA = SHARED_DATA / "locomo" / "locomo_dev.json"
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
-TEXT_FORMATS = ("plain", "speaker", "date", "speaker_date")
 
 
 @dataclass(frozen=True)
@@ -128,17 +130,6 @@ def load_conversations(path: Path) -> list[Conversation]:
     return conversations
 
 
-def format_text(turn: Turn, fmt: str) -> str:
-    date = f"{turn.date.day} {turn.date:%B %Y}"
-    if fmt == "speaker":
-        return f"{turn.speaker}: {turn.text}"
-    if fmt == "date":
-        return f"[{date}] {turn.text}"
-    if fmt == "speaker_date":
-        return f"[{date}] {turn.speaker}: {turn.text}"
-    return turn.text
-
-
 @dataclass
 class UserStore:
     """One conversation ingested into Retain, plus how to map hits back to dia_ids."""
@@ -147,10 +138,8 @@ class UserStore:
     memory: Memory
     message_to_dia: dict[str, str]
     memory_to_dia: dict[str, set[str]]
-    turns: TurnIndex
     ingest_s: float
     n_turns: int
-    display: dict[str, str]  # memory id -> the turn's own text, when the stored text carries index context
 
     def dia_ids(self, memory_id: str, metadata: dict[str, Any] | None, source: list[str] | None) -> set[str]:
         if memory_id in self.memory_to_dia:
@@ -166,37 +155,19 @@ class UserStore:
         return ids
 
 
-def ingest(
-    conv: Conversation, memory: Memory, mode: str, fmt: str, embed_context: int, embed_plain: bool, facts_batch: int,
-    index_context: int = 0,
-) -> UserStore:
+def ingest(conv: Conversation, memory: Memory, mode: str, facts_batch: int) -> UserStore:
     user_id = conv.sample_id
     message_to_dia: dict[str, str] = {}
     memory_to_dia: dict[str, set[str]] = {}
-    turns = TurnIndex()
     n_turns = 0
     start = time.perf_counter()
-    context_embedder = memory.embedder if isinstance(memory.embedder, ContextEmbedder) else None
-    history: list[str] = []
-    display: dict[str, str] = {}
     for session in conv.sessions:
         if not session:
             continue
-        texts = [format_text(t, fmt) for t in session]
-        shown = list(texts)
-        if index_context:
-            texts = [
-                "".join(f"{p.speaker}: {p.text}\n" for p in session[max(0, i - index_context) : i]) + text
-                for i, text in enumerate(texts)
-            ]
-        if context_embedder is not None:
-            for t, text in zip(session, texts, strict=True):
-                prefix = "".join(c + "\n" for c in history[-embed_context:]) if embed_context else ""
-                context_embedder.alias[text] = prefix + (t.text if embed_plain else text)
-                history.append(f"{t.speaker}: {t.text}")
         messages = [
-            {"role": "user", "content": text, "name": t.speaker, "metadata": {"dia_id": t.dia_id, "speaker": t.speaker}}
-            for t, text in zip(session, texts, strict=True)
+            {"role": "user", "content": t.text, "name": t.speaker,
+             "metadata": {"dia_id": t.dia_id, "speaker": t.speaker}}
+            for t in session
         ]
         batch = len(messages) if mode == "raw" else max(1, facts_batch)
         for lo in range(0, len(messages), batch):
@@ -205,15 +176,10 @@ def ingest(
             for mid, t in zip(result.message_ids, chunk_turns, strict=True):
                 message_to_dia[mid] = t.dia_id
             if mode == "raw":
-                ids = [ev.id for ev in result.results]
-                for ev, t, own in zip(result.results, chunk_turns, shown[lo : lo + batch], strict=True):
+                for ev, t in zip(result.results, chunk_turns, strict=True):
                     memory_to_dia[ev.id] = {t.dia_id}
-                    display[ev.id] = own
-                turns.add_session(ids)
         n_turns += len(session)
-    return UserStore(
-        user_id, memory, message_to_dia, memory_to_dia, turns, time.perf_counter() - start, n_turns, display
-    )
+    return UserStore(user_id, memory, message_to_dia, memory_to_dia, time.perf_counter() - start, n_turns)
 
 
 def evaluate_conversation(
@@ -226,23 +192,17 @@ def evaluate_conversation(
     """Per variant, one row per question: category, recall@k, ndcg@10, tokens@k, latency (Retain only)."""
     valid = conv.turn_ids
     kmax = max(ks)
-    proto = ProtoSearcher(user.memory)
+    views = [user.memory if v is None else v.view(user.memory) for v in variants]
     out: list[list[dict[str, Any]]] = [[] for _ in variants]
     for qa in conv.qa:
         category = int(qa["category"])
         gold = clean_evidence(qa.get("evidence") or [], valid)
         question = str(qa["question"])
-        for vi, variant in enumerate(variants):
-            latency = None
-            if variant is None:
-                result, latency = timed(lambda q=question: user.memory.search(q, user_id=user.user_id, limit=kmax))
-                ranked = [user.dia_ids(h.id, h.metadata, h.source) for h in result.results]
-                texts = [user.display.get(h.id, h.memory) for h in result.results]
-            else:
-                ids = proto.search(question, user.user_id, kmax, variant, user.turns)
-                records = {r.id: r for r in user.memory.store.get(user.memory.tenant_id, ids)}
-                ranked = [user.dia_ids(i, records[i].metadata, records[i].source_message_ids) for i in ids]
-                texts = [user.display.get(i, records[i].memory) for i in ids]
+        for vi, view in enumerate(views):
+            result, ms = timed(lambda q=question, m=view: m.search(q, user_id=user.user_id, limit=kmax))
+            latency = ms if vi == 0 else None
+            ranked = [user.dia_ids(h.id, h.metadata, h.source) for h in result.results]
+            texts = [h.memory for h in result.results]
             row: dict[str, Any] = {
                 "category": category, "question": question, "n_evidence": len(gold), "latency_ms": latency,
                 "ranked": [sorted(r) for r in ranked[:10]],
@@ -285,17 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedder", default="local:minilm")
     parser.add_argument("--embed-cache", default=None, metavar="PATH",
                         help="sqlite cache of embeddings (ingest timings then are not real; the output says so)")
-    parser.add_argument("--text", choices=TEXT_FORMATS, default="plain",
-                        help="stored text: plain turn, or prefixed with speaker and/or session date (experiment)")
-    parser.add_argument("--embed-context", type=int, default=0, metavar="N",
-                        help="experiment: embed each turn with its N preceding turns (store keeps the turn)")
-    parser.add_argument("--embed-plain", action="store_true",
-                        help="experiment: with --text prefixes, embed the plain turn (prefix only in BM25/text)")
-    parser.add_argument("--index-context", type=int, default=0, metavar="N",
-                        help="experiment: index (embed + BM25) each turn with its N preceding turns of the same "
-                        "session; tokens are counted on the turn alone, as if the store kept a separate index text")
     parser.add_argument("--variant", action="append", default=[], metavar="SPEC",
-                        help="also score a bench-local search prototype, e.g. proto or 'nb:nb=0.3' (repeatable)")
+                        help="also score Memory.search with search settings changed, e.g. "
+                        "'mmr:mmr_lambda=0.8' (repeatable)")
     parser.add_argument("--facts-batch", type=int, default=8, help="turns per add(infer=True) call in facts mode")
     parser.add_argument("--shared-store", action="store_true",
                         help="put all conversations (users) in ONE store instead of one store per conversation")
@@ -315,9 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     variants: list[Variant | None] = [None, *(Variant.parse(s) for s in args.variant)]
     names = ["retain", *(v.name for v in variants if v is not None)]
     conversations = load_conversations(args.data)[: args.limit_conversations]
-    embedder = make_embedder(args.embedder, args.embed_cache, context=args.embed_context > 0 or args.embed_plain)
+    embedder = make_embedder(args.embedder, args.embed_cache)
     tokens = TokenCounter()
-    log(f"{len(conversations)} conversations, mode={args.mode}, text={args.text}, variants={names}")
+    settings = Settings.from_env()
+    log(f"{len(conversations)} conversations, mode={args.mode}, index_context_turns="
+        f"{settings.index_context_turns}, variants={names}")
 
     per_variant: list[list[dict[str, Any]]] = [[] for _ in variants]
     ingest_s = 0.0
@@ -338,10 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             memory = shared or open_memory(db, embedder)
             try:
                 try:
-                    user = ingest(
-                        conv, memory, args.mode, args.text, args.embed_context, args.embed_plain, args.facts_batch,
-                        args.index_context,
-                    )
+                    user = ingest(conv, memory, args.mode, args.facts_batch)
                 except ConfigError as exc:
                     parser.exit(2, f"locomo.py --mode {args.mode}: {exc}\n")
                 ingest_s += user.ingest_s
@@ -363,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {name: summarise(rows, ks) for name, rows in zip(names, per_variant, strict=True)}
     main_summary = summaries["retain"]
     info = {
-        "benchmark": "locomo", "mode": args.mode, "text": args.text, "embed_context": args.embed_context,
-        "embed_plain": args.embed_plain, "index_context": args.index_context,
-        "shared_store": args.shared_store,
+        "benchmark": "locomo", "mode": args.mode, "text": "verbatim",
+        "index_context_turns": settings.index_context_turns, "neighbour_weight": settings.neighbour_weight,
+        "mmr_lambda": settings.mmr_lambda, "shared_store": args.shared_store,
         "embedder": args.embedder, "data": str(args.data), "conversations": len(conversations),
         "turns": n_turns, "questions_scored": main_summary["n"],
         "ingest_s": ingest_s, "ingest_turns_per_s": n_turns / ingest_s if ingest_s else float("nan"),
@@ -374,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         "search_limit": max(ks), "token_method": TokenCounter.method,
     }
 
-    print(f"LoCoMo retrieval - mode={args.mode}, text={args.text}, embedder={args.embedder}, "
+    print(f"LoCoMo retrieval - mode={args.mode}, index_context_turns={settings.index_context_turns}, "
+          f"neighbour_weight={settings.neighbour_weight}, mmr_lambda={settings.mmr_lambda}, embedder={args.embedder}, "
           f"{len(conversations)} conversations, {n_turns} turns, {main_summary['n']} questions (cat 1-4)")
     print(f"ingest {ingest_s:.1f}s ({info['ingest_turns_per_s']:.1f} turns/s)"
           + (f"  [embedding cache {info['embed_cache']}: timing not real]" if info["embed_cache"] else ""))
@@ -395,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     headline = {f"recall@{k}": main_summary[f"recall@{k}"] for k in ks}
     headline |= {"ndcg@10": main_summary["ndcg@10"], "tokens@10": main_summary["tokens@10"]}
     headline |= {k: info[k] for k in ("search_p50_ms", "search_p95_ms", "ingest_s", "ingest_turns_per_s")}
-    headline |= {"mode": args.mode, "text": args.text, "questions": main_summary["n"], "turns": n_turns}
+    headline |= {"mode": args.mode, "text": "verbatim", "questions": main_summary["n"], "turns": n_turns}
+    headline |= {k: info[k] for k in ("index_context_turns", "neighbour_weight", "mmr_lambda", "shared_store")}
     if len(summaries) > 1:
         headline["variants"] = {
             n: {f"recall@{k}": s[f"recall@{k}"] for k in ks} | {"ndcg@10": s["ndcg@10"]}

@@ -40,10 +40,7 @@ from typing import Any
 
 from _common import (
     SHARED_DATA,
-    ContextEmbedder,
-    ProtoSearcher,
     TokenCounter,
-    TurnIndex,
     Variant,
     all_at,
     any_at,
@@ -63,10 +60,10 @@ from _common import (
 )
 
 from retain.embedders import Embedder
+from retain.settings import Settings
 
 DEFAULT_DATA = SHARED_DATA / "longmemeval" / "longmemeval_s_dev.json.gz"
 KS = (1, 5, 10)
-TEXT_FORMATS = ("plain", "date", "role", "role_date")
 
 
 def parse_lme_date(text: str) -> datetime:
@@ -74,22 +71,8 @@ def parse_lme_date(text: str) -> datetime:
     return datetime.strptime(text.strip(), "%Y/%m/%d (%a) %H:%M")
 
 
-def format_text(content: str, role: str, date: datetime, fmt: str) -> str:
-    day = f"{date:%Y/%m/%d (%a)}"
-    if fmt == "date":
-        return f"[{day}] {content}"
-    if fmt == "role":
-        return f"{role}: {content}"
-    if fmt == "role_date":
-        return f"[{day}] {role}: {content}"
-    return content
-
-
 @dataclass(frozen=True)
 class Options:
-    text: str
-    embed_context: int
-    embed_plain: bool
     embedder: str
     embed_cache: str | None
     variants: tuple[Variant | None, ...]
@@ -102,7 +85,7 @@ _TOKENS: TokenCounter | None = None
 
 def _init_worker(opts: Options) -> None:
     global _EMBEDDER, _TOKENS
-    _EMBEDDER = make_embedder(opts.embedder, opts.embed_cache, context=opts.embed_context > 0 or opts.embed_plain)
+    _EMBEDDER = make_embedder(opts.embedder, opts.embed_cache)
     _TOKENS = TokenCounter()
 
 
@@ -114,9 +97,6 @@ def run_question(q: dict[str, Any], opts: Options) -> dict[str, Any]:
     memory = open_memory(db, _EMBEDDER)
     turn_of: dict[str, tuple[str, int]] = {}  # memory id -> (session id, turn index)
     gold_turns: set[str] = set()
-    turns = TurnIndex()
-    context = _EMBEDDER if isinstance(_EMBEDDER, ContextEmbedder) else None
-    history: list[str] = []
     n_turns = skipped = 0
     order = sorted(range(len(q["haystack_sessions"])), key=lambda i: parse_lme_date(q["haystack_dates"][i]))
     before = cache_stats(_EMBEDDER)
@@ -131,14 +111,8 @@ def run_question(q: dict[str, Any], opts: Options) -> dict[str, Any]:
                 if not content.strip():
                     skipped += 1
                     continue
-                text = format_text(content, turn["role"], date, opts.text)
-                if context is not None:
-                    embed_as = content if opts.embed_plain else text
-                    prefix = "".join(c + "\n" for c in history[-opts.embed_context :]) if opts.embed_context else ""
-                    context.alias[text] = prefix + embed_as
-                    history.append(f"{turn['role']}: {content}")
                 messages.append({
-                    "role": turn["role"], "content": text,
+                    "role": turn["role"], "content": content,
                     "metadata": {"session_id": sid, "turn": ti, "has_answer": bool(turn.get("has_answer"))},
                 })
                 keys.append((sid, ti))
@@ -149,25 +123,19 @@ def run_question(q: dict[str, Any], opts: Options) -> dict[str, Any]:
             result = memory.add(messages, user_id=qid, infer=False, at=date)
             for ev, key in zip(result.results, keys, strict=True):
                 turn_of[ev.id] = key
-            turns.add_session([ev.id for ev in result.results])
             n_turns += len(messages)
         ingest_s = time.perf_counter() - start
 
         question = str(q["question"])
         gold_sessions = {str(s) for s in q["answer_session_ids"]}
-        proto = ProtoSearcher(memory)
         kmax = max(KS)
         rows = []
-        for variant in opts.variants:
-            latency = None
-            if variant is None:
-                result_s, latency = timed(lambda: memory.search(question, user_id=qid, limit=kmax))
-                ids = [h.id for h in result_s.results]
-                texts = [h.memory for h in result_s.results]
-            else:
-                ids = proto.search(question, qid, kmax, variant, turns)
-                records = {r.id: r for r in memory.store.get(memory.tenant_id, ids)}
-                texts = [records[i].memory for i in ids]
+        for vi, variant in enumerate(opts.variants):
+            view = memory if variant is None else variant.view(memory)
+            result_s, ms = timed(lambda m=view: m.search(question, user_id=qid, limit=kmax))
+            latency = ms if vi == 0 else None
+            ids = [h.id for h in result_s.results]
+            texts = [h.memory for h in result_s.results]
             ranked_turns = [{f"{turn_of[i][0]}#{turn_of[i][1]}"} if i in turn_of else set() for i in ids]
             ranked_sessions = [{turn_of[i][0]} if i in turn_of else set() for i in ids]
             row: dict[str, Any] = {"latency_ms": latency, "top": [sorted(r) for r in ranked_turns]}
@@ -224,33 +192,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSON or JSON.gz (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="only every Nth question (1st, N+1th, ...): a subsample that keeps every question "
+                        "type, since the file is ordered by type")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes, one question each at a time (1 onnxruntime thread per process)")
     parser.add_argument("--embedder", default="local:minilm")
     parser.add_argument("--embed-cache", default=None, metavar="PATH",
                         help="sqlite cache of embeddings (ingest timings then are not real; the output says so)")
-    parser.add_argument("--text", choices=TEXT_FORMATS, default="plain",
-                        help="stored text: plain, or prefixed with the session date and/or role (experiment)")
-    parser.add_argument("--embed-context", type=int, default=0, metavar="N",
-                        help="experiment: embed each turn with its N preceding turns (store keeps the turn)")
-    parser.add_argument("--embed-plain", action="store_true",
-                        help="experiment: with --text prefixes, embed the plain turn (prefix only in BM25/text)")
     parser.add_argument("--variant", action="append", default=[], metavar="SPEC",
-                        help="also score a bench-local search prototype, e.g. proto or 'nb:nb=0.3' (repeatable)")
+                        help="also score Memory.search with search settings changed, e.g. "
+                        "'mmr:mmr_lambda=0.8' (repeatable)")
     parser.add_argument("--json-out", default=None, metavar="PATH", help="write the full results JSON here")
     args = parser.parse_args(argv)
 
-    questions = load_json(args.data)[: args.limit]
+    questions = load_json(args.data)[:: max(1, args.every)][: args.limit]
     variants: tuple[Variant | None, ...] = (None, *(Variant.parse(s) for s in args.variant))
     names = ["retain", *(v.name for v in variants if v is not None)]
-    log(f"{len(questions)} questions, {args.workers} worker(s), text={args.text}, variants={names}")
+    settings = Settings.from_env()
+    log(f"{len(questions)} questions, {args.workers} worker(s), index_context_turns={settings.index_context_turns}, "
+        f"variants={names}")
     wall = time.perf_counter()
     results: list[dict[str, Any]] = []
     partial = f"{args.json_out}.partial.jsonl" if args.json_out else None  # per-question lines as they finish
     if partial:
         Path(partial).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="retain-lme-") as tmp:
-        opts = Options(args.text, args.embed_context, args.embed_plain, args.embedder, args.embed_cache, variants, tmp)
+        opts = Options(args.embedder, args.embed_cache, variants, tmp)
         if args.workers <= 1:
             _init_worker(opts)
             for i, q in enumerate(questions):
@@ -276,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     cold = [r for r in results if not r["embed_cache"] or r["embed_cache"]["misses"] >= 0.9 * r["n_turns"]]
     cold_s = sum(r["ingest_s"] for r in cold)
     info = {
-        "benchmark": "longmemeval_s", "text": args.text, "embed_context": args.embed_context,
-        "embed_plain": args.embed_plain,
-        "embedder": args.embedder, "data": str(args.data), "questions": len(results),
+        "benchmark": "longmemeval_s", "text": "verbatim", "index_context_turns": settings.index_context_turns,
+        "neighbour_weight": settings.neighbour_weight, "mmr_lambda": settings.mmr_lambda,
+        "embedder": args.embedder, "data": str(args.data), "every": args.every, "questions": len(results),
         "scored": summaries["retain"]["n"], "abstention_skipped": summaries["retain"]["abstention_skipped"],
         "turns": n_turns, "skipped_empty_turns": sum(r["skipped_empty_turns"] for r in results),
         "ingest_s": ingest_s, "ingest_turns_per_s": n_turns / ingest_s if ingest_s else float("nan"),
@@ -291,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     main_s = summaries["retain"]
-    print(f"LongMemEval_S retrieval - text={args.text}, embedder={args.embedder}, {len(results)} questions "
+    print(f"LongMemEval_S retrieval - index_context_turns={settings.index_context_turns}, "
+          f"neighbour_weight={settings.neighbour_weight}, mmr_lambda={settings.mmr_lambda}, "
+          f"embedder={args.embedder}, {len(results)} questions "
           f"({main_s['n']} scored, {info['abstention_skipped']} abstention skipped), {n_turns} turns")
     print(f"ingest {ingest_s:.0f}s summed over questions ({info['ingest_turns_per_s']:.1f} turns/s per worker), "
           f"wall {wall_s:.0f}s with {args.workers} worker(s)"
@@ -324,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     headline |= {k: info[k] for k in ("search_p50_ms", "search_p95_ms", "ingest_s", "ingest_turns_per_s", "wall_s")}
     if cache:
         headline |= {"ingest_turns_per_s_cold": info["ingest_turns_per_s_cold"], "cold_questions": len(cold)}
-    headline |= {"tokens@10": main_s["tokens@10"], "text": args.text, "scored": main_s["n"], "turns": n_turns}
+    headline |= {"tokens@10": main_s["tokens@10"], "text": "verbatim", "scored": main_s["n"], "turns": n_turns}
+    headline |= {k: info[k] for k in ("index_context_turns", "neighbour_weight", "mmr_lambda")}
     if len(summaries) > 1:
         headline["variants"] = {
             n: {f"{kind}_recall@{k}": s[f"{kind}_recall@{k}"] for kind in ("turn", "session") for k in KS}

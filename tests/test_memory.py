@@ -52,7 +52,9 @@ def test_keyword_only_match_is_found(memory: Memory) -> None:
 
 
 def test_threshold_drops_dissimilar_memories(memory: Memory) -> None:
-    memory.add(["tea tea tea", "completely unrelated words here"], user_id="u", infer=False)
+    # Two conversations, so neither turn is indexed with the other as context.
+    memory.add("tea tea tea", user_id="u", infer=False, at="2024-01-01T10:00:00Z")
+    memory.add("completely unrelated words here", user_id="u", infer=False, at="2024-03-01T10:00:00Z")
     hits = memory.search("tea", user_id="u", threshold=0.5, explain=True).results
     assert [h.memory for h in hits] == ["tea tea tea"]
     assert all(h.scores and h.scores["vector"] >= 0.5 for h in hits)
@@ -213,3 +215,61 @@ def test_a_tenant_view_shares_the_in_process_worker(tmp_path: Path) -> None:
     assert len(memory._workers) == 1 and view._workers is memory._workers
     memory.close()
     assert not memory._workers[0]._thread.is_alive(), "closing the Memory stops the worker its views started"  # type: ignore[union-attr]
+
+
+def test_verbatim_turns_are_indexed_with_speaker_and_context_but_returned_verbatim(memory: Memory) -> None:
+    turns = [
+        {"content": "What did you research last week?", "name": "Mel"},
+        {"content": "Adoption agencies, I want to build a family.", "name": "Caroline"},
+        {"content": "That is wonderful.", "name": "Mel"},
+    ]
+    added = memory.add(turns, user_id="u", infer=False).results
+    answer = memory.get(added[1].id)
+    assert answer.memory == "Adoption agencies, I want to build a family."
+    # The vector is the speaker line alone; the turns before it go to the keyword index only.
+    vector = memory.store.vectors(memory.tenant_id, [answer.id])[answer.id]
+    assert vector == pytest.approx(memory.embedder.embed(["Caroline: " + answer.memory])[0])
+    # Found by the speaker's name and by the question it answers, which only its index text holds.
+    hits = memory.search("Caroline research", user_id="u", limit=1, explain=True).results
+    assert hits[0].id == added[1].id and hits[0].scores and hits[0].scores["bm25"] > 0
+    assert hits[0].memory == "Adoption agencies, I want to build a family."
+
+
+def test_context_comes_from_earlier_adds_of_the_same_conversation_only(memory: Memory) -> None:
+    memory.add(
+        {"content": "Which city is the zoo in?", "name": "Ann"}, user_id="u", infer=False, at="2024-01-01T10:00Z"
+    )
+    (same,) = memory.add("Oslo", user_id="u", infer=False, at="2024-01-01T10:05Z").results
+    (later,) = memory.add("Oslo", user_id="w", infer=False, at="2024-01-01T10:05Z").results
+    (next_day,) = memory.add("Bergen", user_id="u", infer=False, at="2024-01-02T10:00Z").results
+    rows = {r["id"]: r for r in memory.store.export_rows(memory.tenant_id) if r["type"] == "memory"}
+    assert rows[same.id]["index_text"] == "Oslo\nAnn: Which city is the zoo in?"
+    assert rows[later.id]["index_text"] is None  # another user's conversation
+    assert rows[next_day.id]["index_text"] is None  # a day later: another conversation
+
+
+def test_a_hit_lifts_its_neighbouring_turns(tmp_path: Path) -> None:
+    settings = Settings(track_access=False, index_context_turns=0)
+    with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=settings) as m:
+        ids = [
+            e.id for e in m.add(["kiwi kiwi kiwi", "unrelated reply", "other words"], user_id="u", infer=False).results
+        ]
+        hits = m.search("kiwi", user_id="u", limit=3).results
+        assert [h.id for h in hits][:2] == ids[:2]
+        assert hits[1].score == pytest.approx(0.5 * hits[0].score)
+    off = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.0)
+    with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=off) as m:
+        assert m.search("kiwi", user_id="u", limit=3).results[1].score < 0.5 * hits[0].score
+
+
+def test_a_query_naming_a_speaker_prefers_that_speakers_turns(tmp_path: Path) -> None:
+    turns = [{"content": "I adopted a puppy", "name": "Ann"}, {"content": "I adopted a kitten", "name": "Bob"}]
+    for boost, first in ((1.0, "I adopted a kitten"), (0.0, None)):
+        settings = Settings(track_access=False, index_context_turns=0, speaker_boost=boost)
+        with Memory(str(tmp_path / f"s{boost}.db"), HashEmbedder(), settings=settings) as m:
+            m.add(turns, user_id="u", infer=False)
+            hits = m.search("what did Bob adopt", user_id="u", limit=2).results
+            if first is not None:
+                assert hits[0].memory == first and hits[0].score > hits[1].score * 1.5
+            else:
+                assert hits[0].score < hits[1].score * 1.5

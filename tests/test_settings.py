@@ -26,12 +26,31 @@ def test_env_values_are_cast_strictly() -> None:
     assert (s.store, s.max_message_chars, s.track_access, s.categories) == ("sqlite:///x.db", 10, False, ("a", "b"))
 
 
+def test_retrieval_settings_from_env() -> None:
+    s = Settings.from_env(
+        {
+            "RETAIN_INDEX_CONTEXT_TURNS": "0",
+            "RETAIN_NEIGHBOUR_WEIGHT": "0",
+            "RETAIN_KEYWORD_WEIGHT": "1.5",
+            "RETAIN_MMR_LAMBDA": "0.8",
+            "RETAIN_SPEAKER_BOOST": "0",
+        }
+    )
+    assert (s.index_context_turns, s.neighbour_weight, s.keyword_weight, s.mmr_lambda) == (0, 0.0, 1.5, 0.8)
+    assert s.speaker_boost == 0.0
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
         ("RETAIN_MAX_MESSAGE_CHARS", "ten", "not an integer"),
         ("RETAIN_MAX_MESSAGE_CHARS", "-1", "positive"),
         ("RETAIN_TRACK_ACCESS", "yes", "use true, false, 1 or 0"),
+        ("RETAIN_INDEX_CONTEXT_TURNS", "-1", "0 or more"),
+        ("RETAIN_NEIGHBOUR_WEIGHT", "1.5", r"\[0, 1\]"),
+        ("RETAIN_KEYWORD_WEIGHT", "0", "positive"),
+        ("RETAIN_MMR_LAMBDA", "0", r"\(0, 1\]"),
+        ("RETAIN_SPEAKER_BOOST", "-1", "0 or more"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

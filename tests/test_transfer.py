@@ -34,6 +34,7 @@ def test_round_trip_is_lossless_including_history(tmp_path: Path) -> None:
     counts = import_jsonl(target, buffer.getvalue().splitlines())
     assert counts == {"imported": lines, "skipped": 0, "reembedded": 0}
     assert _snapshot(target) == _snapshot(source)
+    assert "Bob likes jazz\nuser: I live in Oslo" in {r.get("index_text") for r in _snapshot(target)}
     current = target.search("tea", user_id="alice").results
     assert [h.memory for h in current] == ["I hate tea"]
     assert [h.event for h in target.history(current[0].id)] == ["ADD", "UPDATE"]

@@ -22,6 +22,7 @@ from typing import Any
 from .embedders import Embedder, embedder_from_spec
 from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, RetainError
 from .filters import Filter, parse_filters
+from .indexing import index_texts, keyword_query, turn_line
 from .inputs import (
     MAX_LIMIT,
     MessagesInput,
@@ -50,7 +51,7 @@ from .models import (
     SearchResult,
 )
 from .pipeline import InferenceInput, apply_outcome, decide, plan
-from .ranking import Fused, fuse
+from .ranking import Fused, boost_speakers, diversify, fuse, lift_neighbours
 from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
@@ -62,6 +63,12 @@ logger = logging.getLogger(__name__)
 
 #: Candidates taken from each signal before fusion, at least.
 CANDIDATE_POOL = 50
+#: Candidates the speaker boost looks at, at least.
+SPEAKER_POOL = 20
+#: Candidates re-ordered by maximal marginal relevance, at least.
+MMR_POOL = 50
+#: Turns on each side of a hit that neighbour expansion lifts.
+NEIGHBOUR_WINDOW = 1
 #: Earlier turns of the same session shown to the extraction call as context.
 CONTEXT_MESSAGES = 6
 #: How much of the new messages (from the end) forms the query for similar memories.
@@ -161,16 +168,20 @@ class Memory:
             return self._add_inferred(scope, parsed, base_metadata, observed, background, instructions)
         if background:
             raise InvalidInputError("background=True needs infer=True; verbatim adds are already fast.")
-        vectors = self.embedder.embed([m.content for m in parsed])
+        turns = self.settings.index_context_turns
+        indexed = index_texts(parsed, self._conversation_before(scope, observed, turns), turns)
+        vectors = self.embedder.embed([turn_line(m.content, m.name) for m in parsed])
         batch = WriteBatch(at=now_micros())
         results: list[MemoryEvent] = []
-        for message, vector in zip(parsed, vectors, strict=True):
+        for message, vector, index_text in zip(parsed, vectors, indexed, strict=True):
             stored = self._new_message(scope, message, observed)
             batch.messages.append(stored)
             meta = {**base_metadata, **message.metadata, "role": message.role}
             if message.name is not None:
                 meta["name"] = message.name
-            memory = self._new_memory(scope, message.content, None, meta, observed, [stored.id], vector)
+            memory = self._new_memory(
+                scope, message.content, None, meta, observed, [stored.id], vector, index_text=index_text
+            )
             batch.memories.append(memory)
             reason = "stored verbatim (infer=False)"
             batch.events.append(self._event(memory, "ADD", None, message.content, reason, [stored.id]))
@@ -314,14 +325,32 @@ class Memory:
         vector = self._embed_query(query)
         pool = max(CANDIDATE_POOL, 2 * limit)
         dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
-        sparse = self.store.keyword_search(scope, query, pool, where, as_of, now)
-        fused = fuse(dense, sparse)
+        sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
+        fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
+        if self.settings.neighbour_weight > 0:
+            gap = int(self.settings.conversation_gap_seconds * 1_000_000)
+            sources = [f.id for f in fused[: 2 * limit]]
+            adjacent = self.store.adjacent(self.tenant_id, sources, NEIGHBOUR_WINDOW, gap, now)
+            # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
+            fused = lift_neighbours(
+                fused, adjacent, self.settings.neighbour_weight, new_ok=where is None and as_of is None
+            )
+        records: dict[str, MemoryRecord] = {}
+        if self.settings.speaker_boost > 0:
+            # Only the head can reach the results: a boost at most doubles a score.
+            head = fused[: max(SPEAKER_POOL, 2 * limit)]
+            records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in head])}
+            fused = boost_speakers(query, head, records, self.settings.speaker_boost) + fused[len(head) :]
         missing = [f.id for f in fused if f.vector is None]
         similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
         if threshold is not None:
             fused = [f for f in fused if similarities.get(f.id, -1.0) >= threshold]
+        if self.settings.mmr_lambda < 1.0 and len(fused) > 1:
+            head = fused[: max(MMR_POOL, 2 * limit)]
+            fused = diversify(head, self.store.vectors(self.tenant_id, [f.id for f in head]), self.settings.mmr_lambda)
         fused = fused[:limit]
-        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
+        unknown = [f.id for f in fused if f.id not in records]
+        records |= {r.id: r for r in self.store.get(self.tenant_id, unknown)}
         # A record can vanish between the index read and this fetch if it was purged meanwhile.
         return [(f, records[f.id], similarities.get(f.id, 0.0)) for f in fused if f.id in records]
 
@@ -560,6 +589,16 @@ class Memory:
     def _scope(self, user_id: str | None, agent_id: str | None, run_id: str | None) -> Scope:
         return make_scope(self.tenant_id, user_id, agent_id, run_id)
 
+    def _conversation_before(self, scope: Scope, at: int, turns: int) -> list[ChatMessage]:
+        """The last `turns` stored messages in scope, if they belong to the conversation happening at `at`."""
+        if turns <= 0:
+            return []
+        earlier = self.store.messages(scope, turns)
+        gap = int(self.settings.conversation_gap_seconds * 1_000_000)
+        while earlier and not 0 <= at - to_micros(earlier[0].created_at) <= gap:
+            earlier = earlier[1:]
+        return earlier
+
     def _embed_query_uncached(self, query: str) -> Vector:
         vector: Vector = self.embedder.embed([query])[0]
         vector.setflags(write=False)
@@ -588,6 +627,7 @@ class Memory:
         vector: Vector,
         *,
         lineage: str | None = None,
+        index_text: str | None = None,
     ) -> NewMemory:
         id = new_id()
         return NewMemory(
@@ -601,6 +641,7 @@ class Memory:
             valid_from=valid_from,
             source_message_ids=sources,
             embedding=vector,
+            index_text=index_text,
         )
 
     @staticmethod

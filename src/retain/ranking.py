@@ -1,19 +1,28 @@
-"""Fusion of the retrieval signals by reciprocal rank.
+"""Fusion of the retrieval signals by reciprocal rank, and the re-ranking steps after it.
 
 RRF needs no score calibration between cosine similarity and BM25, which live
 on different scales and shift with corpus size; it only trusts each signal's
 order. The fused score is scaled so that 1.0 means "ranked first by every
-signal". k = 10 rather than the usual 60 weighs the top ranks more: on the
-LoCoMo dev split it raised evidence recall@10 from 0.465 to 0.532 (plain turn
-text) and left LongMemEval_S within noise (turn recall@5 0.677 -> 0.686,
-@10 0.840 -> 0.834); see BENCHMARKS.md.
+signal". k = 10 rather than the usual 60 weighs the top ranks more (LoCoMo dev
+evidence recall@10 0.465 -> 0.532). A keyword rank counts twice a vector rank
+by default (`Settings.keyword_weight`): with turns keyword-indexed with their
+speaker and context, BM25 is the sharper signal on LoCoMo (recall@10 0.730 ->
+0.744) and LongMemEval_S is within a question of unchanged. See BENCHMARKS.md.
+
+After fusion: a hit lifts its neighbouring turns (`lift_neighbours`), turns of
+a speaker the query names are boosted (`boost_speakers`), and optionally the
+list is re-ordered for diversity (`diversify`, MMR).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from .store.base import Candidate
+import numpy as np
+
+from .models import MemoryRecord
+from .store.base import Candidate, Vector
 
 RRF_K = 10
 
@@ -27,17 +36,19 @@ class Fused:
     bm25: float | None
 
 
-def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K) -> list[Fused]:
+def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K, keyword_weight: float = 1.0) -> list[Fused]:
+    """Reciprocal-rank fusion; a keyword rank counts `keyword_weight` times a vector rank."""
     ranks: dict[str, dict[str, int]] = {}
     for name, candidates in (("vector", dense), ("keyword", sparse)):
         for rank, candidate in enumerate(candidates, start=1):
             ranks.setdefault(candidate.id, {})[name] = rank
     bm25 = {c.id: c.score for c in sparse}
-    best = 2.0 / (k + 1)
+    weights = {"vector": 1.0, "keyword": keyword_weight}
+    best = (1.0 + keyword_weight) / (k + 1)
     fused = [
         Fused(
             id=id,
-            score=sum(1.0 / (k + r) for r in signal.values()) / best,
+            score=sum(weights[name] / (k + r) for name, r in signal.items()) / best,
             vector=signal.get("vector"),
             keyword=signal.get("keyword"),
             bm25=bm25.get(id),
@@ -46,3 +57,70 @@ def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K) -> lis
     ]
     fused.sort(key=lambda f: (-f.score, f.id))
     return fused
+
+
+def lift_neighbours(fused: list[Fused], adjacent: dict[str, list[str]], weight: float, new_ok: bool) -> list[Fused]:
+    """Raise each hit's adjacent turns to at least `weight` x its score, then re-sort.
+
+    The lift is a max, never a sum: adding scores let turns with two decent neighbours
+    overtake the turn that answers (LongMemEval turn recall@5 fell from 0.68 to 0.42).
+    With `new_ok` False only turns already among the candidates are lifted.
+    """
+    by_id = {f.id: f for f in fused}
+    lifted = dict.fromkeys(by_id, 0.0)
+    for f in fused:
+        for other in adjacent.get(f.id, []):
+            if other in by_id or new_ok:
+                lifted[other] = max(lifted.get(other, 0.0), weight * f.score)
+    out = [f if f.score >= lifted[f.id] else Fused(f.id, lifted[f.id], f.vector, f.keyword, f.bm25) for f in fused]
+    out += [Fused(id, score, None, None, None) for id, score in lifted.items() if id not in by_id]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out
+
+
+def diversify(fused: list[Fused], vectors: dict[str, Vector], weight: float) -> list[Fused]:
+    """Maximal marginal relevance: repeatedly take the candidate with the best
+    `weight` x relevance - (1 - weight) x its highest cosine to those already taken.
+
+    Relevance is the fused score over the best one. Candidates without a vector keep their
+    order after the others. Scores are unchanged; only the order moves.
+    """
+    ranked = [f for f in fused if f.id in vectors]
+    if not ranked:
+        return fused
+    top = ranked[0].score or 1.0
+    relevance = np.array([f.score / top for f in ranked])
+    matrix = np.stack([vectors[f.id] for f in ranked])
+    closest = np.full(len(ranked), -np.inf)
+    left = np.ones(len(ranked), dtype=bool)
+    order: list[int] = []
+    while left.any():
+        gain = weight * relevance - (1.0 - weight) * np.where(np.isfinite(closest), closest, 0.0)
+        pick = int(np.argmax(np.where(left, gain, -np.inf)))
+        order.append(pick)
+        left[pick] = False
+        closest = np.maximum(closest, matrix @ matrix[pick])
+    chosen = {f.id for f in ranked}
+    return [ranked[i] for i in order] + [f for f in fused if f.id not in chosen]
+
+
+def boost_speakers(query: str, fused: list[Fused], records: dict[str, MemoryRecord], boost: float) -> list[Fused]:
+    """Raise by `boost` (x (1 + boost)) the turns spoken by someone the query names.
+
+    "What did Caroline research?" is mostly answered by Caroline's own turns. The speaker is
+    the `name` a verbatim turn was added with; queries naming nobody are left as they are.
+    """
+    names = {r.metadata.get("name") for r in records.values()}
+    mentioned = {
+        n for n in names if isinstance(n, str) and n and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", query, re.I)
+    }
+    if not mentioned:
+        return fused
+    out = [
+        Fused(f.id, f.score * (1.0 + boost), f.vector, f.keyword, f.bm25)
+        if f.id in records and records[f.id].metadata.get("name") in mentioned
+        else f
+        for f in fused
+    ]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out

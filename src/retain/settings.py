@@ -49,6 +49,18 @@ class Settings:
     rate_limit_per_minute: int = 600
     #: Largest request body the service accepts.
     max_request_bytes: int = 4 * 1024 * 1024
+    #: Earlier turns of the same conversation indexed with a verbatim memory (0: the turn alone).
+    index_context_turns: int = 2
+    #: Turns further apart than this belong to different conversations (no shared context, no neighbours).
+    conversation_gap_seconds: float = 1800.0
+    #: Weight of a keyword (BM25) rank against a vector rank in reciprocal-rank fusion.
+    keyword_weight: float = 2.0
+    #: Turns spoken by someone the query names score (1 + this) times higher (0: off).
+    speaker_boost: float = 1.0
+    #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
+    neighbour_weight: float = 0.5
+    #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
+    mmr_lambda: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
@@ -88,6 +100,16 @@ class Settings:
             updates["rate_limit_per_minute"] = _positive_int("RETAIN_RATE_LIMIT", v)
         if v := values.get("RETAIN_MAX_REQUEST_BYTES"):
             updates["max_request_bytes"] = _positive_int("RETAIN_MAX_REQUEST_BYTES", v)
+        if (v := values.get("RETAIN_INDEX_CONTEXT_TURNS")) is not None and v != "":
+            updates["index_context_turns"] = _non_negative_int("RETAIN_INDEX_CONTEXT_TURNS", v)
+        if v := values.get("RETAIN_NEIGHBOUR_WEIGHT"):
+            updates["neighbour_weight"] = _fraction("RETAIN_NEIGHBOUR_WEIGHT", v, zero_ok=True)
+        if v := values.get("RETAIN_KEYWORD_WEIGHT"):
+            updates["keyword_weight"] = _positive_float("RETAIN_KEYWORD_WEIGHT", v)
+        if (v := values.get("RETAIN_SPEAKER_BOOST")) is not None and v != "":
+            updates["speaker_boost"] = _non_negative_float("RETAIN_SPEAKER_BOOST", v)
+        if v := values.get("RETAIN_MMR_LAMBDA"):
+            updates["mmr_lambda"] = _fraction("RETAIN_MMR_LAMBDA", v)
         return replace(settings, **updates)  # type: ignore[arg-type]
 
 
@@ -101,13 +123,43 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
-def _fraction(name: str, raw: str) -> float:
+def _positive_float(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number.") from None
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"{name}={raw!r} must be in (0, 1].")
+    if not 0.0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a positive number.")
+    return value
+
+
+def _non_negative_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number.") from None
+    if not 0.0 <= value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be 0 or more.")
+    return value
+
+
+def _non_negative_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer.") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must be 0 or more.")
+    return value
+
+
+def _fraction(name: str, raw: str, *, zero_ok: bool = False) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number.") from None
+    if not (value >= 0.0 if zero_ok else value > 0.0) or value > 1.0:
+        raise ConfigError(f"{name}={raw!r} must be in {'[0' if zero_ok else '(0'}, 1].")
     return value
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidInputError
+from .indexing import embedding_text
 from .memory import Memory
 from .models import Role
 
@@ -53,6 +54,8 @@ class MemoryRow(_Row):
     last_accessed_at: int | None
     expires_at: int | None
     embedding: str
+    #: What was keyword-indexed, when not `text` (absent in exports from before it existed).
+    index_text: str | None = None
 
 
 class EventRow(_Row):
@@ -145,7 +148,7 @@ def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int],
     kept = [r for r in rows if not (isinstance(r, MemoryRow | EventRow) and r.lineage_id in skipped_lineages)]
     imported = reembedded = 0
     for batch in _batches(kept, BATCH_ROWS):
-        texts = [r.text for r in batch if isinstance(r, MemoryRow)]
+        texts = [embedding_text(r.text, r.index_text, r.metadata) for r in batch if isinstance(r, MemoryRow)]
         if same_space:
             vectors = np.array(
                 [

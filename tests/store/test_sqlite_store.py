@@ -8,13 +8,15 @@ import textwrap
 import time
 from pathlib import Path
 
+import apsw
 import pytest
 
-from retain import ConfigError, Memory, StoreError
+from retain import ConfigError, Memory, Settings, StoreError
 from retain.store import open_store, sqlite_path
 from retain.store.sqlite import SQLiteStore
 from retain.store.sqlite_schema import MIGRATIONS
 from retain.testing import HashEmbedder
+from retain.timeutil import now_micros
 
 WRITER = textwrap.dedent(
     """
@@ -45,7 +47,7 @@ def test_migrations_are_recorded_and_reopening_is_idempotent(tmp_path: Path) -> 
     for _ in range(2):
         store = SQLiteStore(path, dimensions=8, embedder_id="hash")
         rows = store._db().execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-        assert [r[0] for r in rows] == list(range(1, len(MIGRATIONS) + 1))
+        assert [r[0] for r in rows] == sorted(MIGRATIONS)
         assert store.check_integrity() == []
         store.close()
 
@@ -157,3 +159,78 @@ def test_vector_cache_follows_writes_from_other_store_instances(tmp_path: Path) 
     assert reader.search("tea", user_id="u").results == []
     reader.close()
     writer.close()
+
+
+def test_keyword_scores_use_the_users_own_statistics(tmp_path: Path) -> None:
+    """BM25 of a user's memory must not change when other users add memories to the same store."""
+    settings = Settings(track_access=False, index_context_turns=0)
+    m = Memory(str(tmp_path / "bm25.db"), HashEmbedder(16), settings=settings)
+    m.add(["pottery class on sunday", "went hiking with the dog", "pottery again"], user_id="a", infer=False)
+
+    def scores() -> dict[str, float]:
+        hits = m.search("pottery", user_id="a", explain=True).results
+        return {h.memory: h.scores["bm25"] for h in hits if h.scores and "bm25" in h.scores}
+
+    before = scores()
+    assert set(before) == {"pottery class on sunday", "pottery again"}
+    m.add([f"note {i} about the weather and pottery" for i in range(40)], user_id="b", infer=False)
+    assert scores() == pytest.approx(before)
+    assert m.store.check_integrity() == []
+    m.close()
+
+
+def test_keyword_statistics_follow_updates_and_purges(tmp_path: Path) -> None:
+    m = Memory(str(tmp_path / "stats.db"), HashEmbedder(16), settings=Settings(track_access=False))
+    ids = [e.id for e in m.add(["one two three", "four five"], user_id="a", infer=False).results]
+    m.update(ids[0], text="one two three six")
+    assert m.store.check_integrity() == []
+    db = m.store._db()  # type: ignore[attr-defined]
+    stats = sorted(tuple(r[1:]) for r in db.execute("SELECT * FROM keyword_stats"))
+    # current: the update and "four five" (indexed with its context); historic: the old version
+    assert stats[0] == (1, 3) and stats[1][0] == 2
+    m.delete_all(user_id="a")
+    assert [tuple(r[1:]) for r in db.execute("SELECT * FROM keyword_stats")] == [(0, 0), (0, 0)]
+    assert m.store.check_integrity() == []
+    m.close()
+
+
+def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    m = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False, index_context_turns=0))
+    (first, _) = m.add(["alpha beta", "gamma"], user_id="a", infer=False).results
+    m.update(first.id, text="alpha beta delta")
+    m.close()
+    db = apsw.Connection(str(path))  # roll the file back to before m005
+    db.execute(
+        "DROP TABLE keyword_stats; DROP TABLE memory_fts_vocab; ALTER TABLE memories DROP COLUMN index_text; "
+        "DELETE FROM schema_migrations WHERE version = 5"
+    )
+    db.close()
+    reopened = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False))
+    rows = reopened.store._db().execute("SELECT docs, tokens FROM keyword_stats ORDER BY tokens").fetchall()  # type: ignore[attr-defined]
+    assert sorted(map(tuple, rows)) == [(1, 2), (2, 4)]  # historic "alpha beta"; current "gamma" + "alpha beta delta"
+    assert reopened.store.check_integrity() == []
+    assert reopened.search("delta", user_id="a").results[0].memory == "alpha beta delta"
+    reopened.close()
+
+
+def _adjacent(m: Memory, ids: list[str]) -> dict[str, list[str]]:
+    return m.store.adjacent(m.tenant_id, ids, 1, 1800 * 10**6, now_micros())
+
+
+def test_adjacent_turns_stay_in_one_conversation_and_scope(tmp_path: Path) -> None:
+    m = Memory(str(tmp_path / "adj.db"), HashEmbedder(16), settings=Settings(track_access=False))
+    day1 = [e.id for e in m.add(["a1", "a2", "a3"], user_id="u", infer=False, at="2024-01-01T10:00:00Z").results]
+    other = [e.id for e in m.add(["x1", "x2"], user_id="v", infer=False, at="2024-01-01T10:00:00Z").results]
+    run = [e.id for e in m.add(["r1"], user_id="u", run_id="r", infer=False, at="2024-01-01T10:00:00Z").results]
+    day2 = [e.id for e in m.add(["b1", "b2"], user_id="u", infer=False, at="2024-01-05T10:00:00Z").results]
+    out = _adjacent(m, [day1[1], day1[2], day2[0], other[0], run[0]])
+    assert sorted(out[day1[1]]) == sorted([day1[0], day1[2]])
+    assert out[day1[2]] == [day1[1]]  # not the other user's rows, not the run's turn, not the next day's
+    assert out[day2[0]] == [day2[1]]
+    assert out[other[0]] == [other[1]]
+    assert run[0] not in out
+    assert m.store.adjacent("elsewhere", [day1[1]], 1, 1800 * 10**6, now_micros()) == {}
+    m.update(day1[0], text="a1 edited")  # an edited turn is a new version; the old one is no longer a neighbour
+    assert out[day1[1]] != _adjacent(m, [day1[1]])[day1[1]]
+    m.close()

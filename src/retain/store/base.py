@@ -49,6 +49,9 @@ class NewMemory:
     expires_at: int | None = None
     #: Check inside the write transaction for a current duplicate in the same user/agent scope.
     dedup: bool = False
+    #: What keyword search indexes, when it is not `text`: a verbatim turn with its speaker and the
+    #: turns before it (see `retain.indexing`). Never returned as the memory.
+    index_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,13 @@ class Store(ABC):
         self, scope: Scope, query: str, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
         """BM25 matches in scope; score is the BM25 relevance (higher is better)."""
+
+    @abstractmethod
+    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
+        """The turns next to each verbatim memory in `ids`: for a current memory without a category, the
+        current, unexpired memories without a category stored up to `window` places before and after it
+        in the same user, agent and run (by insertion order), with `valid_from` within `gap` of its own.
+        Ids outside the tenant, superseded or categorised ones map to nothing."""
 
     @abstractmethod
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:

@@ -1,15 +1,20 @@
 """The embedded store: one SQLite file in WAL mode.
 
 Memories, events, messages and jobs are plain tables; vectors live in a
-sqlite-vec `vec0` table partitioned by (tenant, user), and keywords in a
-contentless FTS5 table. Everything commits in one transaction.
+plain table searched in numpy per (tenant, user) partition (vector_index.py),
+and keywords in a contentless FTS5 table. Everything commits in one
+transaction.
 
 Keyword terms are tokenised here (porter stemming over unicode61) and stored
 with a short prefix derived from the partition and from whether the memory is
 current, e.g. `k3f9a2x1qc` + `berlin`. A user's query then reads only that
 user's postings, so keyword search costs the same at 1k or 1M memories in
-total, and superseded versions never crowd out current ones. (FTS5 still
-counts documents over the whole table, so BM25's IDF is only partly per-user.)
+total, and superseded versions never crowd out current ones. FTS5's own
+bm25() counts documents and lengths over the whole table, so it only picks the
+candidates; `retain_bm25` scores them with the partition's statistics
+(`keyword_stats`, kept in the write transaction), so a user's scores do not
+move when other users write. A memory's `index_text` (speaker and context of
+a verbatim turn) is what gets indexed when it has one.
 
 Python's own sqlite3 cannot load extensions on many builds; apsw can, and
 ships a current SQLite with FTS5 on every platform.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +44,11 @@ from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_partition, to_blob, top_k
 
 BUSY_TIMEOUT_MS = 60_000
+BM25_K1 = 1.2
+BM25_B = 0.75
+#: Keyword candidates (by FTS5's table-wide bm25) rescored with per-partition statistics: per result, at least.
+RESCORE_FACTOR = 4
+RESCORE_MIN = 200
 MAX_QUERY_TERMS = 64
 PARTITIONS_PER_QUERY = 32
 
@@ -88,6 +99,7 @@ class SQLiteStore(Store):
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; "
                 "PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;"
             )
+            db.register_fts5_function("retain_bm25", _bm25)
             self._local.db = db
             self._local.tokenizer = db.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
             with self._lock:
@@ -119,7 +131,7 @@ class SQLiteStore(Store):
     def _migrate(self) -> None:
         with self._write() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT)")
-            applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            applied = {int(row[0]) for row in db.execute("SELECT version FROM schema_migrations")}
             if applied:
                 meta = dict(db.execute("SELECT key, value FROM store_meta").fetchall())
                 if meta.get("embedder") != self._embedder_id or meta.get("dimensions") != str(self.dimensions):
@@ -129,10 +141,10 @@ class SQLiteStore(Store):
                         "Open it with the embedder it was built with (RETAIN_EMBEDDER), or export it and "
                         "import into a new store to re-embed."
                     )
-            if len(applied) > len(MIGRATIONS):
+            if applied - MIGRATIONS.keys():
                 raise StoreError(f"{self.path} was written by a newer Retain; upgrade retain to open it.")
-            ctx = SchemaContext(dimensions=self.dimensions)
-            for version, migration in enumerate(MIGRATIONS, start=1):
+            ctx = SchemaContext(dimensions=self.dimensions, term_prefix=term_prefix)
+            for version, migration in sorted(MIGRATIONS.items()):
                 if version not in applied:
                     migration(db, ctx)
                     db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,))
@@ -157,9 +169,17 @@ class SQLiteStore(Store):
         )
         return tokens
 
-    def _terms(self, partition: str, text: str, current: bool) -> str:
+    def _index(self, db: Any, rowid: int, partition: str, text: str, current: bool) -> None:
+        """Add one memory version's keyword row and count it in its prefix's statistics."""
         prefix = term_prefix(partition, current)
-        return " ".join(prefix + token for token in self._tokens(text))
+        tokens = self._tokens(text)
+        db.execute("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, " ".join(prefix + t for t in tokens)))
+        _count_stats(db, prefix, 1, len(tokens))
+
+    def _unindex(self, db: Any, rowid: int, partition: str, text: str, current: bool) -> None:
+        db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
+        if db.changes():
+            _count_stats(db, term_prefix(partition, current), -1, -len(self._tokens(text)))
 
     # -- writes -----------------------------------------------------------------------
 
@@ -294,8 +314,8 @@ class SQLiteStore(Store):
         s = mem.scope
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, "
-            "metadata, hash, created_at, updated_at, valid_from, source_message_ids, expires_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "metadata, hash, created_at, updated_at, valid_from, source_message_ids, expires_at, index_text) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 mem.id,
                 tenant_id,
@@ -312,6 +332,7 @@ class SQLiteStore(Store):
                 mem.valid_from,
                 json.dumps(mem.source_message_ids),
                 mem.expires_at,
+                mem.index_text,
             ),
         )
         rowid = db.last_insert_rowid()
@@ -329,15 +350,14 @@ class SQLiteStore(Store):
                 OPEN_END,
             ),
         )
-        db.execute(
-            "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, mem.text, True))
-        )
+        self._index(db, rowid, partition, mem.index_text or mem.text, True)
         return partition
 
     def _end_validity(self, db: Any, tenant_id: str, id: str, valid_to: int, at: int, superseded_by: str | None) -> str:
         """Close a current memory's validity; returns its partition."""
         row = db.execute(
-            "SELECT rowid, user_id, text FROM memories WHERE id = ? AND tenant_id = ? AND valid_to IS NULL",
+            "SELECT rowid, user_id, coalesce(index_text, text) FROM memories "
+            "WHERE id = ? AND tenant_id = ? AND valid_to IS NULL",
             (id, tenant_id),
         ).fetchone()
         if row is None:
@@ -349,8 +369,8 @@ class SQLiteStore(Store):
         )
         db.execute("UPDATE memory_vectors SET valid_to = ? WHERE memory_rowid = ?", (valid_to, rowid))
         partition = partition_of(tenant_id, user_id)
-        db.execute("DELETE FROM memory_fts WHERE rowid = ?", (rowid,))
-        db.execute("INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)", (rowid, self._terms(partition, text, False)))
+        self._unindex(db, rowid, partition, text, True)
+        self._index(db, rowid, partition, text, False)
         return partition
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
@@ -448,28 +468,63 @@ class SQLiteStore(Store):
         extra, eparams = ("", []) if where is None else _compile(where)
         scored: list[tuple[int, float]] = []
         validity_free = as_of is None and where is None
+        pool = max(RESCORE_FACTOR * k, RESCORE_MIN)
         for start in range(0, len(partitions), PARTITIONS_PER_QUERY):
             prefixes = [term_prefix(p, True) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
             if as_of is not None:
                 prefixes += [term_prefix(p, False) for p in partitions[start : start + PARTITIONS_PER_QUERY]]
-            match = " OR ".join(f'"{prefix}{token}"' for prefix in prefixes for token in tokens)
+            phrases, params = self._phrases(db, prefixes, tokens)
+            if not phrases:
+                continue
+            match = " OR ".join(f'"{phrase}"' for phrase in phrases)
             if scope.user_id is not None and scope.agent_id is None and scope.run_id is None and validity_free:
                 # The prefix already pins tenant, user and "current"; _candidates re-checks scope and expiry.
+                # FTS5 ranks by its own bm25() and sorts internally (ORDER BY rank), so retain_bm25 runs
+                # only for the `pool` rows it keeps.
                 scored += db.execute(
-                    "SELECT rowid, -bm25(memory_fts) FROM memory_fts WHERE memory_fts MATCH ? "
-                    "ORDER BY bm25(memory_fts) LIMIT ?",
-                    (match, k),
+                    "SELECT rowid, retain_bm25(memory_fts, ?) FROM memory_fts WHERE memory_fts MATCH ? "
+                    "ORDER BY rank LIMIT ?",
+                    (params, match, pool),
                 ).fetchall()
                 continue
             sql = (
-                "SELECT m.rowid, -bm25(memory_fts) AS score FROM memory_fts JOIN memories m "
+                "SELECT m.rowid, retain_bm25(memory_fts, ?) FROM memory_fts JOIN memories m "
                 f"ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? AND {ssql} AND {validity}"
                 + (f" AND {extra}" if extra else "")
                 + " ORDER BY bm25(memory_fts) LIMIT ?"
             )
-            scored += db.execute(sql, (match, *sparams, *vparams, *eparams, k)).fetchall()
+            scored += db.execute(sql, (params, match, *sparams, *vparams, *eparams, pool)).fetchall()
         scored.sort(key=lambda pair: -pair[1])
         return self._candidates(db, scope, scored[:k], now)
+
+    @staticmethod
+    def _phrases(db: Any, prefixes: list[str], tokens: list[str]) -> tuple[list[str], str]:
+        """The prefixed query terms that occur, and each one's BM25 parameters [idf, average length] as JSON.
+
+        IDF and average length come from the term's own partition (its prefix), not the whole table.
+        """
+        terms = [prefix + token for prefix in prefixes for token in tokens]
+        stats = {
+            r[0]: (int(r[1]), int(r[2]))
+            for r in db.execute(
+                "SELECT prefix, docs, tokens FROM keyword_stats WHERE prefix IN (SELECT value FROM json_each(?))",
+                (json.dumps(prefixes),),
+            )
+        }
+        found = dict(
+            db.execute(
+                "SELECT term, doc FROM memory_fts_vocab WHERE term IN (SELECT value FROM json_each(?))",
+                (json.dumps(terms),),
+            ).fetchall()
+        )
+        phrases, params = [], []
+        for term in terms:
+            docs, total = stats.get(term[: len(prefixes[0])], (0, 0))
+            df = int(found.get(term, 0))
+            if df and docs:
+                phrases.append(term)
+                params.append([math.log(1.0 + (docs - df + 0.5) / (df + 0.5)), max(total / docs, 1.0)])
+        return phrases, json.dumps(params)
 
     def _candidates(self, db: Any, scope: Scope, scored: list[tuple[int, float]], now: int) -> list[Candidate]:
         """Map rowids to ids, re-checking scope and expiry (defence in depth for isolation)."""
@@ -483,6 +538,39 @@ class SQLiteStore(Store):
         ).fetchall()
         ids = dict(rows)
         return [Candidate(ids[rowid], float(score)) for rowid, score in scored if rowid in ids]
+
+    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
+        if not ids or window <= 0:
+            return {}
+        # For each hit, the user's nearest rows on each side by rowid (an index range, bounded, so a
+        # search never scans a user's history), then those that are turns of the same conversation.
+        near = (
+            "SELECT rowid FROM (SELECT rowid FROM memories WHERE tenant_id = h.tenant_id AND user_id IS h.user_id "
+            "AND rowid {side} h.rowid ORDER BY rowid {order} LIMIT :span)"
+        )
+        rows = (
+            self._db()
+            .execute(
+                "SELECT h.id, n.id, n.rowid > h.rowid FROM memories h JOIN memories n ON n.rowid IN ("
+                + near.format(side="<", order="DESC")
+                + " UNION ALL "
+                + near.format(side=">", order="ASC")
+                + ") WHERE +h.tenant_id = :tenant AND h.id IN (SELECT value FROM json_each(:ids)) "
+                "AND h.category IS NULL AND h.valid_to IS NULL "
+                "AND n.agent_id IS h.agent_id AND n.run_id IS h.run_id AND n.category IS NULL "
+                "AND n.valid_to IS NULL AND abs(n.valid_from - h.valid_from) <= :gap "
+                "AND (n.expires_at IS NULL OR n.expires_at > :now) ORDER BY h.id, abs(n.rowid - h.rowid)",
+                {"tenant": tenant_id, "ids": json.dumps(list(ids)), "span": 2 * window, "gap": gap, "now": now},
+            )
+            .fetchall()
+        )
+        sides: dict[tuple[str, int], list[str]] = {}
+        for hit, other, after in rows:
+            sides.setdefault((hit, after), []).append(other)
+        out: dict[str, list[str]] = {}
+        for (hit, _), others in sides.items():
+            out.setdefault(hit, []).extend(others[:window])
+        return out
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
         query = np.frombuffer(to_blob(vector), dtype=np.float32)
@@ -573,8 +661,14 @@ class SQLiteStore(Store):
         db.execute("DELETE FROM memory_vectors WHERE memory_rowid IN (SELECT value FROM json_each(?))", (ids,))
         vectors = db.changes()
         bump_versions(db, partitions)
-        db.execute("DELETE FROM memory_fts WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
-        keyword_rows = db.changes()
+        keyword_rows = 0
+        for rowid, tenant_id, user_id, text, valid_to in db.execute(
+            "SELECT rowid, tenant_id, user_id, coalesce(index_text, text), valid_to FROM memories "
+            "WHERE rowid IN (SELECT value FROM json_each(?))",
+            (ids,),
+        ).fetchall():
+            self._unindex(db, rowid, partition_of(tenant_id, user_id), text, valid_to is None)
+            keyword_rows += 1
         db.execute("DELETE FROM memories WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
         return PurgeCounts(memories=db.changes(), vectors=vectors, keyword_rows=keyword_rows)
 
@@ -725,7 +819,7 @@ class SQLiteStore(Store):
             for r in db.execute(
                 "SELECT m.id, m.user_id, m.agent_id, m.run_id, m.lineage_id, m.text, m.category, m.metadata, "
                 "m.hash, m.created_at, m.updated_at, m.valid_from, m.valid_to, m.superseded_by, "
-                "m.source_message_ids, m.access_count, m.last_accessed_at, m.expires_at, v.embedding "
+                "m.source_message_ids, m.access_count, m.last_accessed_at, m.expires_at, v.embedding, m.index_text "
                 "FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
                 "WHERE m.tenant_id = ? ORDER BY m.rowid",
                 (tenant_id,),
@@ -751,6 +845,7 @@ class SQLiteStore(Store):
                     "last_accessed_at": r[16],
                     "expires_at": r[17],
                     "embedding": base64.b64encode(r[18]).decode(),
+                    "index_text": r[19],
                 }
             for r in db.execute(
                 "SELECT memory_id, lineage_id, user_id, agent_id, run_id, event, old_text, new_text, reason, "
@@ -849,7 +944,7 @@ class SQLiteStore(Store):
         db.execute(
             "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, "
             "hash, created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
-            "last_accessed_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "last_accessed_at, expires_at, index_text) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 row["id"],
                 tenant_id,
@@ -870,6 +965,7 @@ class SQLiteStore(Store):
                 row["access_count"],
                 row["last_accessed_at"],
                 row["expires_at"],
+                row.get("index_text"),
             ),
         )
         rowid = db.last_insert_rowid()
@@ -888,10 +984,7 @@ class SQLiteStore(Store):
                 OPEN_END if current else row["valid_to"],
             ),
         )
-        db.execute(
-            "INSERT INTO memory_fts (rowid, terms) VALUES (?, ?)",
-            (rowid, self._terms(partition, row["text"], current)),
-        )
+        self._index(db, rowid, partition, row.get("index_text") or row["text"], current)
         return partition
 
     # -- integrity --------------------------------------------------------------------
@@ -917,6 +1010,15 @@ class SQLiteStore(Store):
         }
         for label, sql in checks.items():
             problems += [f"{label}: {r[0]}" for r in db.execute(sql)]
+        counted = {
+            term_prefix(partition_of(tenant_id, user_id), bool(current)): int(n)
+            for tenant_id, user_id, current, n in db.execute(
+                "SELECT tenant_id, user_id, valid_to IS NULL, count(*) FROM memories GROUP BY 1, 2, 3"
+            )
+        }
+        kept = {str(r[0]): int(r[1]) for r in db.execute("SELECT prefix, docs FROM keyword_stats WHERE docs != 0")}
+        if counted != kept:
+            problems.append("keyword statistics differ from the memories they count")
         return problems
 
     def counts(self) -> dict[str, int]:
@@ -930,6 +1032,33 @@ class SQLiteStore(Store):
 
 def _api_key(r: Sequence[Any]) -> ApiKey:
     return ApiKey(id=r[0], tenant_id=r[1], name=r[2], prefix=r[3], admin=bool(r[4]), created_at=r[5], revoked_at=r[6])
+
+
+def _count_stats(db: Any, prefix: str, docs: int, tokens: int) -> None:
+    db.execute(
+        "INSERT INTO keyword_stats VALUES (?, ?, ?) ON CONFLICT (prefix) DO UPDATE "
+        "SET docs = docs + excluded.docs, tokens = tokens + excluded.tokens",
+        (prefix, docs, tokens),
+    )
+
+
+def _bm25(api: apsw.FTS5ExtensionApi, *args: apsw.SQLiteValue) -> float:
+    """BM25 (k1 = 1.2, b = 0.75) with per-phrase [idf, average length] passed in as JSON.
+
+    FTS5's built-in bm25() takes N and the average length from the whole table, so a user's
+    scores would shift as other users write; the caller computes them per partition from
+    `keyword_stats` and the prefixed terms' document frequencies (see `SQLiteStore._phrases`).
+    """
+    params = api.aux_data
+    if params is None:
+        params = api.aux_data = json.loads(str(args[0]))
+    norm = BM25_K1 * (1.0 - BM25_B), BM25_K1 * BM25_B * api.column_size(0)
+    score = 0.0
+    for i, (idf, avgdl) in enumerate(params):
+        tf = len(api.phrase_locations(i)[0])
+        if tf:
+            score += idf * tf * (BM25_K1 + 1.0) / (tf + norm[0] + norm[1] / avgdl)
+    return score
 
 
 def _chat(r: Sequence[Any]) -> ChatMessage:

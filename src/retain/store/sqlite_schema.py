@@ -19,6 +19,8 @@ OPEN_END = (1 << 62) - 1
 @dataclass(frozen=True)
 class SchemaContext:
     dimensions: int
+    #: (partition, current) -> the keyword prefix of that partition's terms.
+    term_prefix: Callable[[str, bool], str]
 
 
 def _m001_core(db: apsw.Connection, ctx: SchemaContext) -> None:
@@ -173,9 +175,35 @@ def _m004_api_keys(db: apsw.Connection, ctx: SchemaContext) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[apsw.Connection, SchemaContext], None]] = [
-    _m001_core,
-    _m002_indexes,
-    _m003_event_scope_indexes,
-    _m004_api_keys,
-]
+def _m005_index_text_and_keyword_stats(db: apsw.Connection, ctx: SchemaContext) -> None:
+    # `index_text`: what is embedded and keyword-indexed when it differs from the returned text
+    # (a verbatim turn indexed with its speaker and the turns before it). NULL means `text`.
+    # `keyword_stats`: documents and tokens per keyword prefix (partition x current/historic), kept
+    # in the write transaction, so BM25 takes N and the average length from the user's own rows.
+    db.execute(
+        """
+        ALTER TABLE memories ADD COLUMN index_text TEXT;
+        CREATE TABLE keyword_stats (prefix TEXT PRIMARY KEY, docs INTEGER NOT NULL, tokens INTEGER NOT NULL)
+            WITHOUT ROWID;
+        CREATE VIRTUAL TABLE memory_fts_vocab USING fts5vocab(memory_fts, row);
+        """
+    )
+    tokenizer = db.fts5_tokenizer("porter", ["unicode61", "remove_diacritics", "2"])
+    stats: dict[str, list[int]] = {}
+    for tenant_id, user_id, text, valid_to in db.execute("SELECT tenant_id, user_id, text, valid_to FROM memories"):
+        prefix = ctx.term_prefix(f"{tenant_id}\x1f{user_id or ''}", valid_to is None)
+        tokens = list(tokenizer(str(text).encode(), apsw.FTS5_TOKENIZE_DOCUMENT, None, include_offsets=False))
+        entry = stats.setdefault(prefix, [0, 0])
+        entry[0] += 1
+        entry[1] += len(tokens)
+    db.executemany("INSERT INTO keyword_stats VALUES (?, ?, ?)", [(k, d, t) for k, (d, t) in stats.items()])
+
+
+#: Version -> migration, applied in order; numbers are never reused.
+MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
+    1: _m001_core,
+    2: _m002_indexes,
+    3: _m003_event_scope_indexes,
+    4: _m004_api_keys,
+    5: _m005_index_text_and_keyword_stats,
+}
