@@ -270,3 +270,16 @@ def test_cli_moves_a_store_from_sqlite_to_postgres(tmp_path: Path, postgres_dsn:
     listed = json.loads(run(pg_env, "memories", "list", "--user", "alice", "--json"))["results"]
     assert [r["memory"] for r in listed] == ["I love tea"]
     assert "ADD" in run(pg_env, "memories", "history", listed[0]["id"])
+
+
+def test_keyword_postings_are_found_for_any_tenant_and_user_name(postgres_dsn: str) -> None:
+    """The per-user lexeme prefix is computed in SQL when stored and in Python when searched."""
+    from retain.models import Scope
+
+    m = Memory(PostgresStore(postgres_dsn, dimensions=16, embedder_id="hash:16"), HashEmbedder(16))
+    for tenant, user in (("t€nant", "ü-sér ☕"), ("default", "u")):
+        view = m.for_tenant(tenant)
+        (added,) = view.add("Kaffee mit Milch in München", user_id=user, infer=False).results
+        found = m.store.keyword_search(Scope(tenant_id=tenant, user_id=user), "münchen kaffee", 10, None, None, 0)
+        assert [c.id for c in found] == [added.id]
+    m.close()

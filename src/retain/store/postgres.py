@@ -24,6 +24,7 @@ to libpq unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Iterator, Sequence
@@ -84,7 +85,12 @@ def _tsquery_literal(lexeme: str) -> str:
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _bm25_sql(terms: int, scope_sql: str, filter_sql: str) -> str:
+def scoped_terms_owner(tenant_id: str, user_id: str | None) -> str:
+    """The prefix of a user's lexemes in `scoped_terms` (the same expression as the column's)."""
+    return hashlib.md5(f"{tenant_id}\x1f{user_id or ''}".encode()).hexdigest()[:10]
+
+
+def _bm25_sql(terms: int, match_sql: str, scope_sql: str, filter_sql: str) -> str:
     """Okapi BM25 (k1 = 1.2, b = 0.75) over the memories in scope that contain any query term.
 
     Document frequencies are counted over the matches themselves (every memory in scope that holds
@@ -103,13 +109,14 @@ def _bm25_sql(terms: int, scope_sql: str, filter_sql: str) -> str:
     score = " + ".join(
         f"ln(1 + (t.n - df{i} + 0.5) / (df{i} + 0.5)) * tf{i} * 2.2 / (tf{i} + c.norm)" for i in range(terms)
     )
+    # `total` is materialised: the planner underestimates the matches and would otherwise recount N
+    # once per matching memory (measured: 61 ms instead of 5 for a user with 1,000 memories).
     return (
-        f"WITH matched AS (SELECT m.id, length(m.terms)::float8 AS dl, {tf} FROM memories m "
-        f"WHERE m.terms @@ %s::tsquery AND {filter_sql}), "
+        f"WITH total AS MATERIALIZED (SELECT count(*)::float8 AS n FROM memories m WHERE {scope_sql}), "
+        f"matched AS (SELECT m.id, length(m.terms)::float8 AS dl, {tf} FROM memories m "
+        f"WHERE {match_sql} AND {filter_sql}), "
         f"counted AS (SELECT matched.*, {df}, 1.2 * (0.25 + 0.75 * dl / avg(dl) OVER ()) AS norm FROM matched) "
-        f"SELECT c.id, {score} AS score "
-        f"FROM counted c, (SELECT count(*)::float8 AS n FROM memories m WHERE {scope_sql}) t "
-        "ORDER BY score DESC, c.id LIMIT %s"
+        f"SELECT c.id, {score} AS score FROM counted c, total t ORDER BY score DESC, c.id LIMIT %s"
     )
 
 
@@ -595,13 +602,19 @@ class PostgresStore(Store):
         self, scope: Scope, query: str, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
         rows = self._fetch("SELECT tsvector_to_array(to_tsvector('english', %s))", (query,))
-        lexemes = [_tsquery_literal(t) for t in rows[0][0][:MAX_QUERY_TERMS]]
-        if not lexemes:
+        terms: list[str] = rows[0][0][:MAX_QUERY_TERMS]
+        if not terms:
             return []
+        lexemes = [_tsquery_literal(t) for t in terms]
+        if scope.user_id is not None:  # the user's own postings (see postgres_schema._m001_core)
+            owner = scoped_terms_owner(scope.tenant_id, scope.user_id)
+            match = "m.scoped_terms @@ %s::tsquery", " | ".join(_tsquery_literal(owner + t) for t in terms)
+        else:  # agent or run scopes span users: read the scope's rows through its btree
+            match = "m.terms @@ %s::tsquery", " | ".join(lexemes)
         fsql, fparams = self._search_filter(scope, where, as_of, now)
         ssql, sparams = _scope_sql(scope)
         per_term = [t for lexeme in lexemes for t in (lexeme, lexeme)]
-        rows = self._fetch(_bm25_sql(len(lexemes), ssql, fsql), (*per_term, " | ".join(lexemes), *fparams, *sparams, k))
+        rows = self._fetch(_bm25_sql(len(lexemes), match[0], ssql, fsql), (*sparams, *per_term, match[1], *fparams, k))
         return [Candidate(str(r[0]), float(r[1])) for r in rows]
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:

@@ -30,6 +30,18 @@ class SchemaContext:
 
 def _m001_core(db: Any, ctx: SchemaContext) -> None:
     db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    # Keyword postings per user: every lexeme is stored again with a short hash of (tenant, user)
+    # in front, so a GIN lookup for one user's terms reads only that user's postings, like the
+    # prefixed terms of the SQLite store. Without it a common word's posting list spans every user.
+    db.execute(
+        """
+        CREATE FUNCTION retain_scoped_terms(owner text, doc text) RETURNS tsvector
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT array_to_tsvector(coalesce(array_agg(owner || lexeme), '{}'::text[]))
+            FROM unnest(tsvector_to_array(to_tsvector('english'::regconfig, doc))) AS lexeme
+        $$
+        """
+    )
     db.execute(
         f"""
         CREATE TABLE store_meta (key text PRIMARY KEY, value text NOT NULL);
@@ -56,14 +68,17 @@ def _m001_core(db: Any, ctx: SchemaContext) -> None:
             last_accessed_at bigint,
             expires_at bigint,
             embedding vector({ctx.dimensions}) NOT NULL,
-            terms tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED
+            terms tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED,
+            scoped_terms tsvector GENERATED ALWAYS AS (
+                retain_scoped_terms(left(md5(tenant_id || chr(31) || coalesce(user_id, '')), 10), text)
+            ) STORED
         );
         CREATE INDEX memories_user ON memories (tenant_id, user_id, seq);
         CREATE INDEX memories_agent ON memories (tenant_id, agent_id, seq);
         CREATE INDEX memories_run ON memories (tenant_id, run_id, seq);
         CREATE INDEX memories_lineage ON memories (tenant_id, lineage_id);
         CREATE INDEX memories_hash ON memories (tenant_id, hash) WHERE valid_to IS NULL;
-        CREATE INDEX memories_terms ON memories USING gin (terms);
+        CREATE INDEX memories_scoped_terms ON memories USING gin (scoped_terms);
 
         CREATE TABLE memory_events (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
