@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from retain import Memory, Settings
 from retain.errors import StoreError
 from retain.filters import parse_filters
 from retain.models import Scope
@@ -31,6 +32,8 @@ from retain.store.base import (
     WriteBatch,
 )
 from retain.store.sqlite import SQLiteStore
+from retain.testing import HashEmbedder
+from retain.timeutil import now_micros
 
 DIM = 8
 StoreFactory = Callable[[], Store]
@@ -639,3 +642,36 @@ def test_another_tenant_can_never_reach_rows_by_id(store: Store) -> None:
     assert list(store.export_rows("t2")) == []
     assert list(store.export_rows("t1")) == snapshot
     assert store.get("t1", ["b"])[0].access_count == 3
+
+
+def _adjacent(m: Memory, ids: list[str]) -> dict[str, list[str]]:
+    return m.store.adjacent(m.tenant_id, ids, 1, 1800 * 10**6, now_micros())
+
+
+def test_adjacent_turns_stay_in_one_conversation_and_scope(store: Store) -> None:
+    m = Memory(store, HashEmbedder(DIM), settings=Settings(track_access=False))
+    day1 = [e.id for e in m.add(["a1", "a2", "a3"], user_id="u", infer=False, at="2024-01-01T10:00:00Z").results]
+    other = [e.id for e in m.add(["x1", "x2"], user_id="v", infer=False, at="2024-01-01T10:00:00Z").results]
+    run = [e.id for e in m.add(["r1"], user_id="u", run_id="r", infer=False, at="2024-01-01T10:00:00Z").results]
+    day2 = [e.id for e in m.add(["b1", "b2"], user_id="u", infer=False, at="2024-01-05T10:00:00Z").results]
+    out = _adjacent(m, [day1[1], day1[2], day2[0], other[0], run[0]])
+    assert sorted(out[day1[1]]) == sorted([day1[0], day1[2]])
+    assert out[day1[2]] == [day1[1]]  # not the other user's rows, not the run's turn, not the next day's
+    assert out[day2[0]] == [day2[1]]
+    assert out[other[0]] == [other[1]]
+    assert run[0] not in out
+    assert m.store.adjacent("elsewhere", [day1[1]], 1, 1800 * 10**6, now_micros()) == {}
+    m.update(day1[0], text="a1 edited")  # an edited turn is a new version; the old one is no longer a neighbour
+    assert out[day1[1]] != _adjacent(m, [day1[1]])[day1[1]]
+    m.close()
+
+
+def test_index_text_is_searched_but_never_returned(store: Store) -> None:
+    m = Memory(store, HashEmbedder(DIM), settings=Settings(track_access=False))
+    turns = [{"content": "Which city did you move to?", "name": "Mel"}, {"content": "Lisbon, in May.", "name": "Ann"}]
+    added = [e.id for e in m.add(turns, user_id="u", infer=False, at="2024-01-01T10:00:00Z").results]
+    hits = m.search("city move", user_id="u", limit=2, explain=True).results
+    answer = next(h for h in hits if h.id == added[1])
+    assert answer.memory == "Lisbon, in May." and answer.scores and answer.scores["bm25"] > 0
+    exported = [r for r in store.export_rows(m.tenant_id) if r["type"] == "memory" and r["id"] == added[1]]
+    assert "city" in (exported[0]["index_text"] or "").lower()

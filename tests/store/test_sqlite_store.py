@@ -16,7 +16,6 @@ from retain.store import open_store, sqlite_path
 from retain.store.sqlite import SQLiteStore
 from retain.store.sqlite_schema import MIGRATIONS
 from retain.testing import HashEmbedder
-from retain.timeutil import now_micros
 
 WRITER = textwrap.dedent(
     """
@@ -212,25 +211,3 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
     assert reopened.store.check_integrity() == []
     assert reopened.search("delta", user_id="a").results[0].memory == "alpha beta delta"
     reopened.close()
-
-
-def _adjacent(m: Memory, ids: list[str]) -> dict[str, list[str]]:
-    return m.store.adjacent(m.tenant_id, ids, 1, 1800 * 10**6, now_micros())
-
-
-def test_adjacent_turns_stay_in_one_conversation_and_scope(tmp_path: Path) -> None:
-    m = Memory(str(tmp_path / "adj.db"), HashEmbedder(16), settings=Settings(track_access=False))
-    day1 = [e.id for e in m.add(["a1", "a2", "a3"], user_id="u", infer=False, at="2024-01-01T10:00:00Z").results]
-    other = [e.id for e in m.add(["x1", "x2"], user_id="v", infer=False, at="2024-01-01T10:00:00Z").results]
-    run = [e.id for e in m.add(["r1"], user_id="u", run_id="r", infer=False, at="2024-01-01T10:00:00Z").results]
-    day2 = [e.id for e in m.add(["b1", "b2"], user_id="u", infer=False, at="2024-01-05T10:00:00Z").results]
-    out = _adjacent(m, [day1[1], day1[2], day2[0], other[0], run[0]])
-    assert sorted(out[day1[1]]) == sorted([day1[0], day1[2]])
-    assert out[day1[2]] == [day1[1]]  # not the other user's rows, not the run's turn, not the next day's
-    assert out[day2[0]] == [day2[1]]
-    assert out[other[0]] == [other[1]]
-    assert run[0] not in out
-    assert m.store.adjacent("elsewhere", [day1[1]], 1, 1800 * 10**6, now_micros()) == {}
-    m.update(day1[0], text="a1 edited")  # an edited turn is a new version; the old one is no longer a neighbour
-    assert out[day1[1]] != _adjacent(m, [day1[1]])[day1[1]]
-    m.close()

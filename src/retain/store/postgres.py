@@ -64,7 +64,8 @@ _KEY_COLUMNS = "id, tenant_id, name, prefix, admin, created_at, revoked_at"
 _INSERT_MEMORY = (
     "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, hash, "
     "created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
-    "last_accessed_at, expires_at, embedding) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    "last_accessed_at, expires_at, embedding, index_text) "
+    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
 _INSERT_EVENT = (
     "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, event, old_text, "
@@ -482,6 +483,7 @@ class PostgresStore(Store):
             None,
             mem.expires_at,
             _unit(mem.embedding),
+            mem.index_text,
         )
 
     def _duplicate_of(
@@ -616,6 +618,35 @@ class PostgresStore(Store):
         per_term = [t for lexeme in lexemes for t in (lexeme, lexeme)]
         rows = self._fetch(_bm25_sql(len(lexemes), match[0], ssql, fsql), (*sparams, *per_term, match[1], *fparams, k))
         return [Candidate(str(r[0]), float(r[1])) for r in rows]
+
+    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
+        if not ids or window <= 0:
+            return {}
+        # For each hit, the user's nearest rows on each side by insertion order (two bounded index
+        # range scans), then those that are turns of the same conversation.
+        near = (
+            "(SELECT m.id, m.seq, m.agent_id, m.run_id, m.category, m.valid_to, m.valid_from, m.expires_at "
+            "FROM memories m WHERE m.tenant_id = h.tenant_id AND m.user_id IS NOT DISTINCT FROM h.user_id "
+            "AND m.seq {side} h.seq ORDER BY m.seq {order} LIMIT %s)"
+        )
+        rows = self._fetch(
+            "SELECT h.id, n.id, n.seq > h.seq FROM memories h CROSS JOIN LATERAL ("
+            + near.format(side="<", order="DESC")
+            + " UNION ALL "
+            + near.format(side=">", order="ASC")
+            + ") n WHERE h.tenant_id = %s AND h.id = ANY(%s) AND h.category IS NULL AND h.valid_to IS NULL "
+            "AND n.agent_id IS NOT DISTINCT FROM h.agent_id AND n.run_id IS NOT DISTINCT FROM h.run_id "
+            "AND n.category IS NULL AND n.valid_to IS NULL AND abs(n.valid_from - h.valid_from) <= %s "
+            "AND (n.expires_at IS NULL OR n.expires_at > %s) ORDER BY h.id, abs(n.seq - h.seq)",
+            (2 * window, 2 * window, tenant_id, list(ids), gap, now),
+        )
+        sides: dict[tuple[str, bool], list[str]] = {}
+        for hit, other, after in rows:
+            sides.setdefault((hit, after), []).append(other)
+        out: dict[str, list[str]] = {}
+        for (hit, _), others in sides.items():
+            out.setdefault(hit, []).extend(others[:window])
+        return out
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
         query = _unit(vector)
@@ -807,8 +838,8 @@ class PostgresStore(Store):
                 cur.execute(
                     "SELECT id, user_id, agent_id, run_id, lineage_id, text, category, metadata, hash, created_at, "
                     "updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
-                    "last_accessed_at, expires_at, vector_send(embedding) FROM memories WHERE tenant_id = %s "
-                    "ORDER BY seq",
+                    "last_accessed_at, expires_at, vector_send(embedding), index_text FROM memories "
+                    "WHERE tenant_id = %s ORDER BY seq",
                     (tenant_id,),
                 )
                 for r in cur:
@@ -833,6 +864,7 @@ class PostgresStore(Store):
                         "last_accessed_at": r[16],
                         "expires_at": r[17],
                         "embedding": _b64(_from_send(r[18])),
+                        "index_text": r[19],
                     }
             with conn.cursor(name="retain_export_events") as cur:
                 cur.execute(
@@ -907,6 +939,7 @@ class PostgresStore(Store):
                             row["last_accessed_at"],
                             row["expires_at"],
                             _unit(next(vectors)),
+                            row.get("index_text"),
                         ),
                     )
                     inserted += 1

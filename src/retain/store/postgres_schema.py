@@ -55,6 +55,8 @@ def _m001_core(db: Any, ctx: SchemaContext) -> None:
             run_id text,
             lineage_id text NOT NULL,
             text text NOT NULL,
+            -- What keyword search indexes when it is not `text` (a verbatim turn with its speaker and context).
+            index_text text,
             category text,
             metadata jsonb NOT NULL DEFAULT '{{}}',
             hash text NOT NULL,
@@ -68,9 +70,11 @@ def _m001_core(db: Any, ctx: SchemaContext) -> None:
             last_accessed_at bigint,
             expires_at bigint,
             embedding vector({ctx.dimensions}) NOT NULL,
-            terms tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED,
+            terms tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, coalesce(index_text, text))) STORED,
             scoped_terms tsvector GENERATED ALWAYS AS (
-                retain_scoped_terms(left(md5(tenant_id || chr(31) || coalesce(user_id, '')), 10), text)
+                retain_scoped_terms(
+                    left(md5(tenant_id || chr(31) || coalesce(user_id, '')), 10), coalesce(index_text, text)
+                )
             ) STORED
         );
         CREATE INDEX memories_user ON memories (tenant_id, user_id, seq);
