@@ -41,8 +41,23 @@ def server_dsn() -> Iterator[str]:
         server.stop()
 
 
+def as_url(dsn: str) -> str:
+    """A libpq DSN as a postgresql:// URL, the form RETAIN_STORE and `open_store` take."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(dsn)
+    auth = quote(str(p.get("user", "")), safe="")
+    if p.get("password"):
+        auth += ":" + quote(str(p["password"]), safe="")
+    host = f"{p.get('host', 'localhost')}:{p.get('port', 5432)}"
+    return f"postgresql://{auth + '@' if auth else ''}{host}/{quote(str(p.get('dbname', '')), safe='')}"
+
+
 def database_factory(admin_dsn: str) -> Iterator[Callable[[], str]]:
-    """Yield a function that creates a new empty database and returns its DSN; drops them all afterwards."""
+    """Yield a function that creates a new empty database and returns its postgresql:// URL; drops them all
+    afterwards."""
     import psycopg
     from psycopg.conninfo import make_conninfo
 
@@ -53,7 +68,7 @@ def database_factory(admin_dsn: str) -> Iterator[Callable[[], str]]:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         created.append(name)
-        return make_conninfo(admin_dsn, dbname=name)
+        return as_url(make_conninfo(admin_dsn, dbname=name))
 
     yield create
     with psycopg.connect(admin_dsn, autocommit=True) as conn:

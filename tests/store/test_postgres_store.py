@@ -60,8 +60,8 @@ def test_opening_with_another_embedder_names_the_fix(postgres_dsn: str) -> None:
 
 
 def test_open_store_takes_a_postgres_url_with_pool_options(postgres_dsn: str) -> None:
-    url = postgres_dsn if postgres_dsn.startswith("postgres") else _as_url(postgres_dsn)
-    store = open_store(url + ("&" if "?" in url else "?") + "pool_max=3&pool_min=1", dimensions=8, embedder_id="h")
+    assert postgres_dsn.startswith("postgresql://")
+    store = open_store(postgres_dsn + "?pool_max=3&pool_min=1", dimensions=8, embedder_id="h")
     assert isinstance(store, PostgresStore)
     store.close()
     assert split_pool_options("postgresql://u:p@h/db?sslmode=disable&pool_max=7") == (
@@ -70,13 +70,8 @@ def test_open_store_takes_a_postgres_url_with_pool_options(postgres_dsn: str) ->
     )
     with pytest.raises(ConfigError, match="pool_max"):
         split_pool_options("postgresql://h/db?pool_max=lots")
-
-
-def _as_url(dsn: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
-    p = conninfo_to_dict(dsn)
-    return f"postgresql://{p.get('user', 'postgres')}@{p.get('host', 'localhost')}:{p.get('port', 5432)}/{p['dbname']}"
+    with pytest.raises(ConfigError, match="postgresql://"):  # not a file name
+        open_store("user=postgres dbname=x host=127.0.0.1", dimensions=8, embedder_id="h")
 
 
 def test_a_database_that_is_down_at_start_is_named_without_its_password() -> None:
@@ -256,7 +251,7 @@ def test_cli_moves_a_store_from_sqlite_to_postgres(tmp_path: Path, postgres_dsn:
 
     runner = CliRunner()
     sqlite_env = {"RETAIN_STORE": f"sqlite:///{tmp_path / 'old.db'}", "RETAIN_EMBEDDER": "hash:32"}
-    pg_env = {"RETAIN_STORE": _as_url(postgres_dsn) + "?pool_max=2", "RETAIN_EMBEDDER": "hash:32"}
+    pg_env = {"RETAIN_STORE": postgres_dsn + "?pool_max=2", "RETAIN_EMBEDDER": "hash:32"}
 
     def run(env: dict[str, str], *args: str) -> str:
         result = runner.invoke(main, list(args), env=env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -10,11 +11,19 @@ from .sqlite import SQLiteStore
 
 __all__ = ["SQLiteStore", "Store", "open_store", "sqlite_path"]
 
+#: A libpq "host=... dbname=..." string; taken for a file name it would create a SQLite file of that name.
+_LIBPQ_KEYWORDS = re.compile(r"^\s*(host|hostaddr|port|dbname|user|password|service|sslmode)\s*=")
+
 
 def sqlite_path(url: str) -> Path:
     """`sqlite:///relative.db`, `sqlite:////absolute.db`, or a plain file path."""
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///"))
+    if _LIBPQ_KEYWORDS.match(url):
+        raise ConfigError(
+            f"{url!r} looks like a PostgreSQL key=value DSN; write it as a URL: "
+            "postgresql://user:password@host:5432/dbname."
+        )
     if "://" in url:
         raise ConfigError(f"{url!r} is not a SQLite URL; use sqlite:///path/to/retain.db or a file path.")
     return Path(url)

@@ -24,6 +24,7 @@ to libpq unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
@@ -287,7 +288,7 @@ class PostgresStore(Store):
                 try:
                     yield conn
                 except BaseException:
-                    if not conn.broken:
+                    with contextlib.suppress(psycopg.Error):  # keep the original error
                         conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
