@@ -73,7 +73,7 @@ def main() -> int:
                    label=f"{label}, session")
     right.plot([5, 10], [0.644, 0.784], "D", color="gray", label="Stella 1.5B + fact keys (M), turn")
     right.plot([5, 10], [0.732, 0.862], "v", color="gray", label="Stella 1.5B + fact keys (M), session")
-    right.set(title="LongMemEval_S dev split (--every 4), recall@k", xlabel="k", ylabel="recall", xscale="log",
+    right.set(title="LongMemEval_S dev split (--every 2), recall@k", xlabel="k", ylabel="recall", xscale="log",
               ylim=(0, 1))
     right.set_xticks(lks, [str(k) for k in lks])
     right.legend(loc="lower right", fontsize=8)
