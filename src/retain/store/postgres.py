@@ -43,7 +43,9 @@ from psycopg_pool import ConnectionPool
 from ..errors import ConfigError, StoreError
 from ..filters import And, Condition, Filter, Not, Or
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
-from ..timeutil import from_micros, opt_from_micros
+from ..timeutil import from_micros
+from . import _rows
+from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
 from .postgres_schema import MAX_KEY_BYTES, MIGRATION_LOCK, MIGRATIONS, SchemaContext
 from .vector_index import to_blob
@@ -62,21 +64,20 @@ _JOB_COLUMNS = (
     "last_error, result, created_at, updated_at"
 )
 _KEY_COLUMNS = "id, tenant_id, name, prefix, admin, created_at, revoked_at"
-_INSERT_MEMORY = (
-    "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, hash, "
-    "created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
-    "last_accessed_at, expires_at, embedding, index_text) "
-    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-)
-_INSERT_EVENT = (
-    "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, event, old_text, "
-    "new_text, reason, actor, source_message_ids, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-)
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, tenant_id, user_id, agent_id, run_id, role, name, content, metadata, created_at) "
     "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
 )
 
+
+def _insert(table: str, fields: Sequence[str], extra: Sequence[str] = (), suffix: str = "") -> str:
+    names = ["tenant_id", *fields, *extra]
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}){suffix}"
+
+
+_INSERT_MEMORY = _insert("memories", MEMORY_FIELDS, ["embedding"])
+_INSERT_EVENT = _insert("memory_events", EVENT_FIELDS)
+_IMPORT_MESSAGE = _insert("messages", MESSAGE_FIELDS, suffix=" ON CONFLICT (id) DO NOTHING")
 
 #: Query terms scored per keyword search, at most (as many as SQLite's store takes).
 MAX_QUERY_TERMS = 64
@@ -462,30 +463,30 @@ class PostgresStore(Store):
 
     @staticmethod
     def _memory_row(tenant_id: str, mem: NewMemory, at: int) -> tuple[Any, ...]:
+        """Values for `_INSERT_MEMORY`: a new, current memory."""
         s = mem.scope
-        return (
-            mem.id,
-            tenant_id,
-            s.user_id,
-            s.agent_id,
-            s.run_id,
-            mem.lineage_id,
-            mem.text,
-            mem.category,
-            json.dumps(mem.metadata),
-            mem.hash,
-            at,
-            at,
-            mem.valid_from,
-            None,
-            None,
-            json.dumps(mem.source_message_ids),
-            0,
-            None,
-            mem.expires_at,
-            _unit(mem.embedding),
-            mem.index_text,
-        )
+        row = {
+            "id": mem.id,
+            "user_id": s.user_id,
+            "agent_id": s.agent_id,
+            "run_id": s.run_id,
+            "lineage_id": mem.lineage_id,
+            "text": mem.text,
+            "category": mem.category,
+            "metadata": mem.metadata,
+            "hash": mem.hash,
+            "created_at": at,
+            "updated_at": at,
+            "valid_from": mem.valid_from,
+            "valid_to": None,
+            "superseded_by": None,
+            "source_message_ids": mem.source_message_ids,
+            "access_count": 0,
+            "last_accessed_at": None,
+            "expires_at": mem.expires_at,
+            "index_text": mem.index_text,
+        }
+        return (*_rows.imported(tenant_id, MEMORY_FIELDS, row), _unit(mem.embedding))
 
     def _duplicate_of(
         self, cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, mem: NewMemory, threshold: float
@@ -837,77 +838,23 @@ class PostgresStore(Store):
         with self._tx("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") as conn:  # one snapshot
             with conn.cursor(name="retain_export_memories") as cur:
                 cur.execute(
-                    "SELECT id, user_id, agent_id, run_id, lineage_id, text, category, metadata, hash, created_at, "
-                    "updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
-                    "last_accessed_at, expires_at, vector_send(embedding), index_text FROM memories "
+                    f"SELECT {_rows.columns(MEMORY_FIELDS)}, vector_send(embedding) FROM memories "
                     "WHERE tenant_id = %s ORDER BY seq",
                     (tenant_id,),
                 )
                 for r in cur:
-                    yield {
-                        "type": "memory",
-                        "id": r[0],
-                        "user_id": r[1],
-                        "agent_id": r[2],
-                        "run_id": r[3],
-                        "lineage_id": r[4],
-                        "text": r[5],
-                        "category": r[6],
-                        "metadata": r[7],
-                        "hash": r[8],
-                        "created_at": r[9],
-                        "updated_at": r[10],
-                        "valid_from": r[11],
-                        "valid_to": r[12],
-                        "superseded_by": r[13],
-                        "source_message_ids": r[14],
-                        "access_count": r[15],
-                        "last_accessed_at": r[16],
-                        "expires_at": r[17],
-                        "embedding": _b64(_from_send(r[18])),
-                        "index_text": r[19],
-                    }
-            with conn.cursor(name="retain_export_events") as cur:
-                cur.execute(
-                    "SELECT memory_id, lineage_id, user_id, agent_id, run_id, event, old_text, new_text, reason, "
-                    "actor, source_message_ids, created_at FROM memory_events WHERE tenant_id = %s ORDER BY seq",
-                    (tenant_id,),
-                )
-                for r in cur:
-                    yield {
-                        "type": "event",
-                        "memory_id": r[0],
-                        "lineage_id": r[1],
-                        "user_id": r[2],
-                        "agent_id": r[3],
-                        "run_id": r[4],
-                        "event": r[5],
-                        "old_text": r[6],
-                        "new_text": r[7],
-                        "reason": r[8],
-                        "actor": r[9],
-                        "source_message_ids": r[10],
-                        "created_at": r[11],
-                    }
-            with conn.cursor(name="retain_export_messages") as cur:
-                cur.execute(
-                    "SELECT id, user_id, agent_id, run_id, role, name, content, metadata, created_at FROM messages "
-                    "WHERE tenant_id = %s ORDER BY seq",
-                    (tenant_id,),
-                )
-                for r in cur:
-                    yield {
-                        "type": "message",
-                        "id": r[0],
-                        "user_id": r[1],
-                        "agent_id": r[2],
-                        "run_id": r[3],
-                        "role": r[4],
-                        "name": r[5],
-                        "content": r[6],
-                        "metadata": r[7],
-                        "created_at": r[8],
-                    }
+                    memory = _rows.exported("memory", MEMORY_FIELDS, r[:-1], _decoded)
+                    yield {**memory, "embedding": _b64(_from_send(r[-1]))}
+            for kind, table, fields in (
+                ("event", "memory_events", EVENT_FIELDS),
+                ("message", "messages", MESSAGE_FIELDS),
+            ):
+                with conn.cursor(name=f"retain_export_{table}") as cur:
+                    cur.execute(
+                        f"SELECT {_rows.columns(fields)} FROM {table} WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
+                    )
+                    for r in cur:
+                        yield _rows.exported(kind, fields, r, _decoded)
 
     def import_rows(self, tenant_id: str, rows: Sequence[dict[str, Any]], embeddings: Vector) -> int:
         inserted = 0
@@ -917,69 +864,14 @@ class PostgresStore(Store):
                 kind = row["type"]
                 if kind == "memory":
                     _check_key_size(tenant_id, row["user_id"], row["id"])
-                    cur.execute(
-                        _INSERT_MEMORY,
-                        (
-                            row["id"],
-                            tenant_id,
-                            row["user_id"],
-                            row["agent_id"],
-                            row["run_id"],
-                            row["lineage_id"],
-                            row["text"],
-                            row["category"],
-                            json.dumps(row["metadata"]),
-                            row["hash"],
-                            row["created_at"],
-                            row["updated_at"],
-                            row["valid_from"],
-                            row["valid_to"],
-                            row["superseded_by"],
-                            json.dumps(row["source_message_ids"]),
-                            row["access_count"],
-                            row["last_accessed_at"],
-                            row["expires_at"],
-                            _unit(next(vectors)),
-                            row.get("index_text"),
-                        ),
-                    )
+                    values = _rows.imported(tenant_id, MEMORY_FIELDS, row)
+                    cur.execute(_INSERT_MEMORY, (*values, _unit(next(vectors))))
                     inserted += 1
                 elif kind == "event":
-                    cur.execute(
-                        _INSERT_EVENT,
-                        (
-                            tenant_id,
-                            row["memory_id"],
-                            row["lineage_id"],
-                            row["user_id"],
-                            row["agent_id"],
-                            row["run_id"],
-                            row["event"],
-                            row["old_text"],
-                            row["new_text"],
-                            row["reason"],
-                            row["actor"],
-                            json.dumps(row["source_message_ids"]),
-                            row["created_at"],
-                        ),
-                    )
+                    cur.execute(_INSERT_EVENT, _rows.imported(tenant_id, EVENT_FIELDS, row))
                     inserted += 1
                 elif kind == "message":
-                    cur.execute(
-                        _INSERT_MESSAGE + " ON CONFLICT (id) DO NOTHING",
-                        (
-                            row["id"],
-                            tenant_id,
-                            row["user_id"],
-                            row["agent_id"],
-                            row["run_id"],
-                            row["role"],
-                            row["name"],
-                            row["content"],
-                            json.dumps(row["metadata"]),
-                            row["created_at"],
-                        ),
-                    )
+                    cur.execute(_IMPORT_MESSAGE, _rows.imported(tenant_id, MESSAGE_FIELDS, row))
                     inserted += cur.rowcount
         return inserted
 
@@ -1026,62 +918,24 @@ def _is(column: str, value: str | None) -> str:
     return f"{column} IS NULL" if value is None else f"{column} = %s"
 
 
-def _api_key(r: Sequence[Any]) -> ApiKey:
-    return ApiKey(id=r[0], tenant_id=r[1], name=r[2], prefix=r[3], admin=bool(r[4]), created_at=r[5], revoked_at=r[6])
-
-
-def _chat(r: Sequence[Any]) -> ChatMessage:
-    return ChatMessage(
-        id=r[0],
-        role=r[1],
-        content=r[2],
-        name=r[3],
-        user_id=r[4],
-        agent_id=r[5],
-        run_id=r[6],
-        metadata=r[7],
-        created_at=from_micros(r[8]),
-    )
-
-
-def _job(r: Sequence[Any]) -> Job:
-    return Job(
-        id=r[0],
-        scope=Scope(tenant_id=r[1], user_id=r[2], agent_id=r[3], run_id=r[4]),
-        kind=r[5],
-        payload=r[6],
-        status=r[7],
-        attempts=r[8],
-        max_attempts=r[9],
-        run_after=r[10],
-        last_error=r[11],
-        result=r[12],
-        created_at=r[13],
-        updated_at=r[14],
-    )
+def _decoded(value: Any) -> Any:
+    """jsonb columns arrive decoded."""
+    return value
 
 
 def _record(r: Sequence[Any]) -> MemoryRecord:
-    return MemoryRecord(
-        id=r[0],
-        memory=r[1],
-        category=r[2],
-        metadata=r[3],
-        user_id=r[4],
-        agent_id=r[5],
-        run_id=r[6],
-        lineage_id=r[7],
-        hash=r[8],
-        created_at=from_micros(r[9]),
-        updated_at=from_micros(r[10]),
-        valid_from=from_micros(r[11]),
-        valid_to=opt_from_micros(r[12]),
-        superseded_by=r[13],
-        source_message_ids=r[14],
-        access_count=r[15],
-        last_accessed_at=opt_from_micros(r[16]),
-        expires_at=opt_from_micros(r[17]),
-    )
+    return _rows.record(r, _decoded)
+
+
+def _chat(r: Sequence[Any]) -> ChatMessage:
+    return _rows.chat(r, _decoded)
+
+
+def _job(r: Sequence[Any]) -> Job:
+    return _rows.job(r, _decoded)
+
+
+_api_key = _rows.api_key
 
 
 def _scope_sql(scope: Scope) -> tuple[str, list[Any]]:

@@ -38,7 +38,9 @@ import numpy as np
 from ..errors import StoreError
 from ..filters import And, Condition, Filter, Not, Or
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
-from ..timeutil import from_micros, opt_from_micros
+from ..timeutil import from_micros
+from . import _rows
+from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
 from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_partition, to_blob, top_k
@@ -51,6 +53,15 @@ RESCORE_FACTOR = 4
 RESCORE_MIN = 200
 MAX_QUERY_TERMS = 64
 PARTITIONS_PER_QUERY = 32
+
+
+def _insert(table: str, fields: Sequence[str], verb: str = "INSERT") -> str:
+    return f"{verb} INTO {table} (tenant_id, {_rows.columns(fields)}) VALUES ({', '.join('?' * (len(fields) + 1))})"
+
+
+_IMPORT_MEMORY = _insert("memories", MEMORY_FIELDS)
+_IMPORT_EVENT = _insert("memory_events", EVENT_FIELDS)
+_IMPORT_MESSAGE = _insert("messages", MESSAGE_FIELDS, "INSERT OR IGNORE")
 
 _MEMORY_COLUMNS = (
     "m.id, m.text, m.category, m.metadata, m.user_id, m.agent_id, m.run_id, m.lineage_id, m.hash, m.created_at, "
@@ -817,73 +828,21 @@ class SQLiteStore(Store):
         db.execute("BEGIN")  # one snapshot for the whole export
         try:
             for r in db.execute(
-                "SELECT m.id, m.user_id, m.agent_id, m.run_id, m.lineage_id, m.text, m.category, m.metadata, "
-                "m.hash, m.created_at, m.updated_at, m.valid_from, m.valid_to, m.superseded_by, "
-                "m.source_message_ids, m.access_count, m.last_accessed_at, m.expires_at, v.embedding, m.index_text "
+                f"SELECT {_rows.columns(MEMORY_FIELDS, 'm.')}, v.embedding "
                 "FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
                 "WHERE m.tenant_id = ? ORDER BY m.rowid",
                 (tenant_id,),
             ):
-                yield {
-                    "type": "memory",
-                    "id": r[0],
-                    "user_id": r[1],
-                    "agent_id": r[2],
-                    "run_id": r[3],
-                    "lineage_id": r[4],
-                    "text": r[5],
-                    "category": r[6],
-                    "metadata": json.loads(r[7]),
-                    "hash": r[8],
-                    "created_at": r[9],
-                    "updated_at": r[10],
-                    "valid_from": r[11],
-                    "valid_to": r[12],
-                    "superseded_by": r[13],
-                    "source_message_ids": json.loads(r[14]),
-                    "access_count": r[15],
-                    "last_accessed_at": r[16],
-                    "expires_at": r[17],
-                    "embedding": base64.b64encode(r[18]).decode(),
-                    "index_text": r[19],
-                }
-            for r in db.execute(
-                "SELECT memory_id, lineage_id, user_id, agent_id, run_id, event, old_text, new_text, reason, "
-                "actor, source_message_ids, created_at FROM memory_events WHERE tenant_id = ? ORDER BY rowid",
-                (tenant_id,),
+                memory = _rows.exported("memory", MEMORY_FIELDS, r[:-1], json.loads)
+                yield {**memory, "embedding": base64.b64encode(r[-1]).decode()}
+            for kind, table, fields in (
+                ("event", "memory_events", EVENT_FIELDS),
+                ("message", "messages", MESSAGE_FIELDS),
             ):
-                yield {
-                    "type": "event",
-                    "memory_id": r[0],
-                    "lineage_id": r[1],
-                    "user_id": r[2],
-                    "agent_id": r[3],
-                    "run_id": r[4],
-                    "event": r[5],
-                    "old_text": r[6],
-                    "new_text": r[7],
-                    "reason": r[8],
-                    "actor": r[9],
-                    "source_message_ids": json.loads(r[10]),
-                    "created_at": r[11],
-                }
-            for r in db.execute(
-                "SELECT id, user_id, agent_id, run_id, role, name, content, metadata, created_at FROM messages "
-                "WHERE tenant_id = ? ORDER BY rowid",
-                (tenant_id,),
-            ):
-                yield {
-                    "type": "message",
-                    "id": r[0],
-                    "user_id": r[1],
-                    "agent_id": r[2],
-                    "run_id": r[3],
-                    "role": r[4],
-                    "name": r[5],
-                    "content": r[6],
-                    "metadata": json.loads(r[7]),
-                    "created_at": r[8],
-                }
+                for r in db.execute(
+                    f"SELECT {_rows.columns(fields)} FROM {table} WHERE tenant_id = ? ORDER BY rowid", (tenant_id,)
+                ):
+                    yield _rows.exported(kind, fields, r, json.loads)
         finally:
             db.execute("COMMIT")
 
@@ -898,76 +857,16 @@ class SQLiteStore(Store):
                     touched.add(self._import_memory(db, tenant_id, row, next(vectors)))
                     inserted += 1
                 elif kind == "event":
-                    db.execute(
-                        "INSERT INTO memory_events (tenant_id, memory_id, lineage_id, user_id, agent_id, run_id, "
-                        "event, old_text, new_text, reason, actor, source_message_ids, created_at) "
-                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            tenant_id,
-                            row["memory_id"],
-                            row["lineage_id"],
-                            row["user_id"],
-                            row["agent_id"],
-                            row["run_id"],
-                            row["event"],
-                            row["old_text"],
-                            row["new_text"],
-                            row["reason"],
-                            row["actor"],
-                            json.dumps(row["source_message_ids"]),
-                            row["created_at"],
-                        ),
-                    )
+                    db.execute(_IMPORT_EVENT, _rows.imported(tenant_id, EVENT_FIELDS, row))
                     inserted += 1
                 elif kind == "message":
-                    db.execute(
-                        "INSERT OR IGNORE INTO messages (id, tenant_id, user_id, agent_id, run_id, role, name, "
-                        "content, metadata, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            row["id"],
-                            tenant_id,
-                            row["user_id"],
-                            row["agent_id"],
-                            row["run_id"],
-                            row["role"],
-                            row["name"],
-                            row["content"],
-                            json.dumps(row["metadata"]),
-                            row["created_at"],
-                        ),
-                    )
+                    db.execute(_IMPORT_MESSAGE, _rows.imported(tenant_id, MESSAGE_FIELDS, row))
                     inserted += db.changes()
             bump_versions(db, touched)
         return inserted
 
     def _import_memory(self, db: Any, tenant_id: str, row: dict[str, Any], vector: Vector) -> str:
-        db.execute(
-            "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, metadata, "
-            "hash, created_at, updated_at, valid_from, valid_to, superseded_by, source_message_ids, access_count, "
-            "last_accessed_at, expires_at, index_text) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                row["id"],
-                tenant_id,
-                row["user_id"],
-                row["agent_id"],
-                row["run_id"],
-                row["lineage_id"],
-                row["text"],
-                row["category"],
-                json.dumps(row["metadata"]),
-                row["hash"],
-                row["created_at"],
-                row["updated_at"],
-                row["valid_from"],
-                row["valid_to"],
-                row["superseded_by"],
-                json.dumps(row["source_message_ids"]),
-                row["access_count"],
-                row["last_accessed_at"],
-                row["expires_at"],
-                row.get("index_text"),
-            ),
-        )
+        db.execute(_IMPORT_MEMORY, _rows.imported(tenant_id, MEMORY_FIELDS, row))
         rowid = db.last_insert_rowid()
         partition = partition_of(tenant_id, row["user_id"])
         current = row["valid_to"] is None
@@ -1030,10 +929,6 @@ class SQLiteStore(Store):
         }
 
 
-def _api_key(r: Sequence[Any]) -> ApiKey:
-    return ApiKey(id=r[0], tenant_id=r[1], name=r[2], prefix=r[3], admin=bool(r[4]), created_at=r[5], revoked_at=r[6])
-
-
 def _count_stats(db: Any, prefix: str, docs: int, tokens: int) -> None:
     db.execute(
         "INSERT INTO keyword_stats VALUES (?, ?, ?) ON CONFLICT (prefix) DO UPDATE "
@@ -1061,58 +956,19 @@ def _bm25(api: apsw.FTS5ExtensionApi, *args: apsw.SQLiteValue) -> float:
     return score
 
 
+def _record(r: Sequence[Any]) -> MemoryRecord:
+    return _rows.record(r, json.loads)
+
+
 def _chat(r: Sequence[Any]) -> ChatMessage:
-    return ChatMessage(
-        id=r[0],
-        role=r[1],
-        content=r[2],
-        name=r[3],
-        user_id=r[4],
-        agent_id=r[5],
-        run_id=r[6],
-        metadata=json.loads(r[7]),
-        created_at=from_micros(r[8]),
-    )
+    return _rows.chat(r, json.loads)
 
 
 def _job(r: Sequence[Any]) -> Job:
-    return Job(
-        id=r[0],
-        scope=Scope(tenant_id=r[1], user_id=r[2], agent_id=r[3], run_id=r[4]),
-        kind=r[5],
-        payload=json.loads(r[6]),
-        status=r[7],
-        attempts=r[8],
-        max_attempts=r[9],
-        run_after=r[10],
-        last_error=r[11],
-        result=None if r[12] is None else json.loads(r[12]),
-        created_at=r[13],
-        updated_at=r[14],
-    )
+    return _rows.job(r, json.loads)
 
 
-def _record(r: Sequence[Any]) -> MemoryRecord:
-    return MemoryRecord(
-        id=r[0],
-        memory=r[1],
-        category=r[2],
-        metadata=json.loads(r[3]),
-        user_id=r[4],
-        agent_id=r[5],
-        run_id=r[6],
-        lineage_id=r[7],
-        hash=r[8],
-        created_at=from_micros(r[9]),
-        updated_at=from_micros(r[10]),
-        valid_from=from_micros(r[11]),
-        valid_to=opt_from_micros(r[12]),
-        superseded_by=r[13],
-        source_message_ids=json.loads(r[14]),
-        access_count=r[15],
-        last_accessed_at=opt_from_micros(r[16]),
-        expires_at=opt_from_micros(r[17]),
-    )
+_api_key = _rows.api_key
 
 
 def _scope_sql(scope: Scope, alias: str = "m", *, lookup: bool = False) -> tuple[str, list[Any]]:
