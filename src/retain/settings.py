@@ -7,8 +7,9 @@ environment, then from an optional `.env` file, then from defaults.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -71,96 +72,35 @@ class Settings:
         values.update(os.environ if environ is None else environ)
         settings = cls()
         updates: dict[str, object] = {"store": values.get("RETAIN_STORE") or default_store_url(values)}
-        if v := values.get("RETAIN_EMBEDDER"):
-            updates["embedder"] = v
-        if v := values.get("RETAIN_LLM"):
-            updates["llm"] = None if v.strip().lower() == "none" else v
-        if v := values.get("RETAIN_MAX_MESSAGE_CHARS"):
-            updates["max_message_chars"] = _positive_int("RETAIN_MAX_MESSAGE_CHARS", v)
-        if v := values.get("RETAIN_MAX_MESSAGES_PER_ADD"):
-            updates["max_messages_per_add"] = _positive_int("RETAIN_MAX_MESSAGES_PER_ADD", v)
-        if v := values.get("RETAIN_EMBED_THREADS"):
-            updates["embed_threads"] = _positive_int("RETAIN_EMBED_THREADS", v)
         if v := values.get("RETAIN_CATEGORIES"):
             cats = tuple(c.strip() for c in v.split(",") if c.strip())
             if not cats:
                 raise ConfigError("RETAIN_CATEGORIES is empty: give a comma-separated list such as 'preference,fact'.")
             updates["categories"] = cats
-        if v := values.get("RETAIN_TRACK_ACCESS"):
-            updates["track_access"] = _bool("RETAIN_TRACK_ACCESS", v)
-        if v := values.get("RETAIN_INSTRUCTIONS"):
-            updates["instructions"] = v
-        if v := values.get("RETAIN_JOB_MAX_ATTEMPTS"):
-            updates["job_max_attempts"] = _positive_int("RETAIN_JOB_MAX_ATTEMPTS", v)
-        if v := values.get("RETAIN_IN_PROCESS_WORKER"):
-            updates["in_process_worker"] = _bool("RETAIN_IN_PROCESS_WORKER", v)
-        if v := values.get("RETAIN_DEDUP_THRESHOLD"):
-            updates["dedup_threshold"] = _fraction("RETAIN_DEDUP_THRESHOLD", v)
-        if v := values.get("RETAIN_RATE_LIMIT"):
-            updates["rate_limit_per_minute"] = _positive_int("RETAIN_RATE_LIMIT", v)
-        if v := values.get("RETAIN_MAX_REQUEST_BYTES"):
-            updates["max_request_bytes"] = _positive_int("RETAIN_MAX_REQUEST_BYTES", v)
-        if (v := values.get("RETAIN_INDEX_CONTEXT_TURNS")) is not None and v != "":
-            updates["index_context_turns"] = _non_negative_int("RETAIN_INDEX_CONTEXT_TURNS", v)
-        if v := values.get("RETAIN_NEIGHBOUR_WEIGHT"):
-            updates["neighbour_weight"] = _fraction("RETAIN_NEIGHBOUR_WEIGHT", v, zero_ok=True)
-        if v := values.get("RETAIN_KEYWORD_WEIGHT"):
-            updates["keyword_weight"] = _positive_float("RETAIN_KEYWORD_WEIGHT", v)
-        if (v := values.get("RETAIN_SPEAKER_BOOST")) is not None and v != "":
-            updates["speaker_boost"] = _non_negative_float("RETAIN_SPEAKER_BOOST", v)
-        if v := values.get("RETAIN_MMR_LAMBDA"):
-            updates["mmr_lambda"] = _fraction("RETAIN_MMR_LAMBDA", v)
+        for variable, (field_name, parse) in _PARSED.items():
+            if v := values.get(variable):
+                updates[field_name] = parse(variable, v)
         return replace(settings, **updates)  # type: ignore[arg-type]
 
 
-def _positive_int(name: str, raw: str) -> int:
+def _number(name: str, raw: str, cast: type[float] | type[int], low: float, high: float, low_open: bool) -> float:
+    """`raw` as a number in the range; the error names the variable and the range."""
     try:
-        value = int(raw)
+        value = cast(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer.") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be a positive integer.")
+        raise ConfigError(f"{name}={raw!r} is not {'an integer' if cast is int else 'a number'}.") from None
+    if (value <= low if low_open else value < low) or value > high or not math.isfinite(value):
+        if high == math.inf:
+            kind = "integer" if cast is int else "number"
+            rule = f"a positive {kind}" if low_open and low == 0 else f"{low:g} or more"
+        else:
+            rule = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"{name}={raw!r} must be {rule}.")
     return value
 
 
-def _positive_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number.") from None
-    if not 0.0 < value < float("inf"):
-        raise ConfigError(f"{name}={raw!r} must be a positive number.")
-    return value
-
-
-def _non_negative_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number.") from None
-    if not 0.0 <= value < float("inf"):
-        raise ConfigError(f"{name}={raw!r} must be 0 or more.")
-    return value
-
-
-def _non_negative_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer.") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must be 0 or more.")
-    return value
-
-
-def _fraction(name: str, raw: str, *, zero_ok: bool = False) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number.") from None
-    if not (value >= 0.0 if zero_ok else value > 0.0) or value > 1.0:
-        raise ConfigError(f"{name}={raw!r} must be in {'[0' if zero_ok else '(0'}, 1].")
-    return value
+def _ranged(cast: type[float] | type[int], low: float, high: float = math.inf, *, low_open: bool = False) -> _Parser:
+    return lambda name, raw: _number(name, raw, cast, low, high, low_open)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -170,6 +110,30 @@ def _bool(name: str, raw: str) -> bool:
     if lowered in ("false", "0"):
         return False
     raise ConfigError(f"{name}={raw!r} is not a boolean: use true, false, 1 or 0.")
+
+
+_Parser = Callable[[str, str], object]
+
+#: Variable -> (field, parser) for every setting read the same way: set and non-empty means parse it.
+_PARSED: dict[str, tuple[str, _Parser]] = {
+    "RETAIN_EMBEDDER": ("embedder", lambda _, raw: raw),
+    "RETAIN_INSTRUCTIONS": ("instructions", lambda _, raw: raw),
+    "RETAIN_LLM": ("llm", lambda _, raw: None if raw.strip().lower() == "none" else raw),
+    "RETAIN_MAX_MESSAGE_CHARS": ("max_message_chars", _ranged(int, 0, low_open=True)),
+    "RETAIN_MAX_MESSAGES_PER_ADD": ("max_messages_per_add", _ranged(int, 0, low_open=True)),
+    "RETAIN_EMBED_THREADS": ("embed_threads", _ranged(int, 0, low_open=True)),
+    "RETAIN_TRACK_ACCESS": ("track_access", _bool),
+    "RETAIN_JOB_MAX_ATTEMPTS": ("job_max_attempts", _ranged(int, 0, low_open=True)),
+    "RETAIN_IN_PROCESS_WORKER": ("in_process_worker", _bool),
+    "RETAIN_DEDUP_THRESHOLD": ("dedup_threshold", _ranged(float, 0, 1, low_open=True)),
+    "RETAIN_RATE_LIMIT": ("rate_limit_per_minute", _ranged(int, 0, low_open=True)),
+    "RETAIN_MAX_REQUEST_BYTES": ("max_request_bytes", _ranged(int, 0, low_open=True)),
+    "RETAIN_INDEX_CONTEXT_TURNS": ("index_context_turns", _ranged(int, 0)),
+    "RETAIN_NEIGHBOUR_WEIGHT": ("neighbour_weight", _ranged(float, 0, 1)),
+    "RETAIN_KEYWORD_WEIGHT": ("keyword_weight", _ranged(float, 0, low_open=True)),
+    "RETAIN_SPEAKER_BOOST": ("speaker_boost", _ranged(float, 0)),
+    "RETAIN_MMR_LAMBDA": ("mmr_lambda", _ranged(float, 0, 1, low_open=True)),
+}
 
 
 def _read_env_file(path: Path) -> dict[str, str]:
