@@ -155,6 +155,14 @@ class UserStore:
         return ids
 
 
+def session_messages(session: list[Turn]) -> list[dict[str, Any]]:
+    """A LoCoMo session as `Memory.add` takes it: each turn a user message named after its speaker."""
+    return [
+        {"role": "user", "content": t.text, "name": t.speaker, "metadata": {"dia_id": t.dia_id, "speaker": t.speaker}}
+        for t in session
+    ]
+
+
 def ingest(conv: Conversation, memory: Memory, mode: str, facts_batch: int) -> UserStore:
     user_id = conv.sample_id
     message_to_dia: dict[str, str] = {}
@@ -164,11 +172,7 @@ def ingest(conv: Conversation, memory: Memory, mode: str, facts_batch: int) -> U
     for session in conv.sessions:
         if not session:
             continue
-        messages = [
-            {"role": "user", "content": t.text, "name": t.speaker,
-             "metadata": {"dia_id": t.dia_id, "speaker": t.speaker}}
-            for t in session
-        ]
+        messages = session_messages(session)
         batch = len(messages) if mode == "raw" else max(1, facts_batch)
         for lo in range(0, len(messages), batch):
             chunk, chunk_turns = messages[lo : lo + batch], session[lo : lo + batch]

@@ -49,7 +49,7 @@ from _common import (
     rounded,
     timed,
 )
-from locomo import DEFAULT_DATA, Conversation, clean_evidence, load_conversations
+from locomo import DEFAULT_DATA, Conversation, clean_evidence, load_conversations, session_messages
 
 WORKER = Path(__file__).resolve().parent / "_mem0_worker.py"
 DEFAULT_MEM0_PYTHON = "/work/venvs/mem0/bin/python"
@@ -90,11 +90,7 @@ def retain_side(conversations: list[Conversation], limit: int, embedder_spec: st
             for session in conv.sessions:
                 if not session:
                     continue
-                messages = [
-                    {"role": "user", "content": t.text, "name": t.speaker,
-                     "metadata": {"dia_id": t.dia_id, "speaker": t.speaker}}
-                    for t in session
-                ]
+                messages = session_messages(session)
                 result = memory.add(messages, user_id=conv.sample_id, infer=False, at=session[0].date)
                 for ev, t in zip(result.results, session, strict=True):
                     id_to_dia[ev.id] = t.dia_id
