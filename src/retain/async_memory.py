@@ -1,17 +1,22 @@
 """`AsyncMemory`: the same API as `Memory`, awaitable.
 
-Each method is derived from `Memory`'s by `_awaitable`, which runs it in a
-worker thread: the pipeline is written once, SQLite and ONNX release the GIL,
-and signatures stay identical (a parity test checks them).
+Each method is derived from `Memory`'s by `_awaitable`, so the pipeline is
+written once and signatures stay identical (a parity test checks them):
+
+- on PostgreSQL (a store with `native_async`) the method runs on the event loop
+  through `retain.async_bridge`: every query is awaited on psycopg's async pool,
+  and only embedding and LLM calls go to worker threads;
+- on SQLite, which has no async I/O, it runs in a worker thread (SQLite and
+  ONNX release the GIL).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from .async_bridge import run_async
 from .memory import Memory
 
 P = ParamSpec("P")
@@ -20,7 +25,7 @@ R = TypeVar("R")
 
 def _awaitable(method: Callable[Concatenate[Memory, P], R]) -> Callable[Concatenate[AsyncMemory, P], Awaitable[R]]:
     async def run(self: AsyncMemory, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await asyncio.to_thread(method, self.sync, *args, **kwargs)
+        return await run_async(self.sync.store.native_async, method, self.sync, *args, **kwargs)
 
     functools.update_wrapper(run, method)
     return run

@@ -19,6 +19,7 @@ from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
+from .async_bridge import offload
 from .embedders import Embedder, embedder_from_spec
 from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, RetainError
 from .filters import Filter, parse_filters
@@ -170,7 +171,7 @@ class Memory:
             raise InvalidInputError("background=True needs infer=True; verbatim adds are already fast.")
         turns = self.settings.index_context_turns
         indexed = index_texts(parsed, self._conversation_before(scope, observed, turns), turns)
-        vectors = self.embedder.embed([turn_line(m.content, m.name) for m in parsed])
+        vectors = offload(self.embedder.embed, [turn_line(m.content, m.name) for m in parsed])
         batch = WriteBatch(at=now_micros())
         results: list[MemoryEvent] = []
         for message, vector, index_text in zip(parsed, vectors, indexed, strict=True):
@@ -213,7 +214,7 @@ class Memory:
         if new_text == old.memory:
             vector = self.store.vectors(self.tenant_id, [id])[id]
         else:
-            vector = self.embedder.embed([new_text])[0]
+            vector = offload(self.embedder.embed, [new_text])[0]
         now = now_micros()
         scope = Scope(tenant_id=self.tenant_id, user_id=old.user_id, agent_id=old.agent_id, run_id=old.run_id)
         memory = self._new_memory(
@@ -600,7 +601,7 @@ class Memory:
         return earlier
 
     def _embed_query_uncached(self, query: str) -> Vector:
-        vector: Vector = self.embedder.embed([query])[0]
+        vector: Vector = offload(self.embedder.embed, [query])[0]
         vector.setflags(write=False)
         return vector
 

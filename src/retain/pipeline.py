@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .async_bridge import offload
 from .embedders import Embedder
 from .errors import ProviderError
 from .extraction import (
@@ -74,7 +75,7 @@ def decide(llm: LLM, data: InferenceInput) -> Decision:
     usage = Usage()
     error = ""
     for attempt in range(2):
-        completion = llm.complete(prompt, schema)
+        completion = offload(llm.complete, prompt, schema)
         usage = Usage(
             prompt_tokens=usage.prompt_tokens + completion.usage.prompt_tokens,
             completion_tokens=usage.completion_tokens + completion.usage.completion_tokens,
@@ -110,7 +111,7 @@ def plan(
     texts = {
         id(op): anchor_relative_dates(op.text.strip(), day) for op in decision.operations if op.op in ("ADD", "UPDATE")
     }
-    vectors = dict(zip(texts, embedder.embed(list(texts.values())), strict=True))
+    vectors = dict(zip(texts, offload(embedder.embed, list(texts.values())), strict=True))
     for op in decision.operations:
         old = data.existing[op.id - 1] if op.id is not None and op.op != "ADD" else None
         reason = op.reason.strip() or None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .async_bridge import run_async
 from .models import ChatMessage, Scope
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ class Session:
     def __init__(self, memory: Memory, scope: Scope) -> None:
         self._memory = memory
         self.scope = scope
+        self._native = memory.store.native_async
 
     @property
     def messages(self) -> list[ChatMessage]:
@@ -36,12 +37,12 @@ class Session:
         return self._memory.clear_messages(self.scope)
 
     async def aget_messages(self) -> list[ChatMessage]:
-        return await asyncio.to_thread(self._memory.messages, self.scope)
+        return await run_async(self._native, self._memory.messages, self.scope)
 
     async def aadd_message(
         self, role: str, content: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
     ) -> ChatMessage:
-        return await asyncio.to_thread(self._memory.add_message, self.scope, role, content, name, metadata)
+        return await run_async(self._native, self._memory.add_message, self.scope, role, content, name, metadata)
 
     async def aclear(self) -> int:
-        return await asyncio.to_thread(self._memory.clear_messages, self.scope)
+        return await run_async(self._native, self._memory.clear_messages, self.scope)

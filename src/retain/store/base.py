@@ -158,6 +158,9 @@ class Store(ABC):
     """The contract. One contract test suite runs against every implementation."""
 
     dimensions: int
+    #: True when the store's I/O can be awaited natively from bridged code (`retain.async_bridge`);
+    #: `AsyncMemory` then runs on the event loop instead of in worker threads.
+    native_async: bool = False
 
     @abstractmethod
     def write(self, tenant_id: str, batch: WriteBatch) -> WriteOutcome:

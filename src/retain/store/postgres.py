@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
+from ..async_bridge import bridged
 from ..errors import ConfigError, StoreError
 from ..filters import And, Condition, Filter, Not, Or
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
@@ -47,10 +48,14 @@ from ..timeutil import from_micros
 from . import _rows
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
+from .postgres_pool import BridgedPool, Connection, Cursor, Pool
 from .postgres_schema import MAX_KEY_BYTES, MIGRATION_LOCK, MIGRATIONS, SchemaContext
 from .vector_index import to_blob
 
 CONNECT_TIMEOUT_SECONDS = 10
+#: Per-connection settings. JIT compiles plans for "expensive" queries; a user's KNN sort crosses
+#: that threshold and JIT then adds tens of milliseconds to a query that takes two.
+SESSION_SETUP = "SET jit = off"
 POOL_OPTIONS = {"pool_min": 1, "pool_max": 10, "pool_timeout": 30}
 
 _MEMORY_COLUMNS = (
@@ -209,6 +214,17 @@ class PostgresStore(Store):
         except psycopg.Error as exc:
             self._pool.close()
             raise StoreError(f"Cannot connect to PostgreSQL at {self.display}: {exc}") from exc
+        self._async_pool = BridgedPool(
+            dsn,
+            min_size=pool_min,
+            max_size=pool_max,
+            timeout=pool_timeout,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            configure=self._configure_async,
+        )
+
+    #: `AsyncMemory` runs this store's I/O natively async (on `_async_pool`), not in threads.
+    native_async = True
 
     @classmethod
     def from_url(cls, url: str, *, dimensions: int, embedder_id: str) -> PostgresStore:
@@ -225,11 +241,19 @@ class PostgresStore(Store):
     # -- connections and transactions ------------------------------------------------
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        dumper = type("VectorDumper", (_VectorDumper,), {"oid": self._vector_oid})
-        conn.adapters.register_dumper(np.ndarray, dumper)
-        # JIT compiles plans for "expensive" queries; a user's KNN sort crosses that threshold and
-        # JIT then adds tens of milliseconds to a query that takes two.
-        conn.execute("SET jit = off")
+        conn.adapters.register_dumper(np.ndarray, self._vector_dumper())
+        conn.execute(SESSION_SETUP)
+
+    async def _configure_async(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.adapters.register_dumper(np.ndarray, self._vector_dumper())
+        await conn.execute(SESSION_SETUP)
+
+    def _vector_dumper(self) -> type[Dumper]:
+        return type("VectorDumper", (_VectorDumper,), {"oid": self._vector_oid})
+
+    def _connections(self) -> Pool:
+        """The async pool for bridged callers (`AsyncMemory`), the sync pool for everyone else."""
+        return self._async_pool if bridged() else self._pool
 
     def _connect_error(self, exc: BaseException) -> StoreError:
         return StoreError(
@@ -253,20 +277,23 @@ class PostgresStore(Store):
         idempotent, so it is retried on another connection, and the pool replaces the dead one.
         """
         self._check_open()
+        pool = self._connections()
         try:
-            for attempt in range(self._pool.max_size + 1):
-                with self._pool.connection() as conn:
-                    try:
-                        return conn.execute(sql, params).fetchall()
-                    except psycopg.OperationalError:
-                        if not conn.broken or attempt == self._pool.max_size:
-                            raise
+            for attempt in range(pool.max_size + 1):
+                conn: Connection = pool.getconn()
+                try:
+                    return conn.execute(sql, params).fetchall()
+                except psycopg.OperationalError:
+                    if not conn.broken or attempt == pool.max_size:
+                        raise
+                finally:
+                    pool.putconn(conn)  # the pool discards a broken connection
             raise AssertionError("unreachable")
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
     @contextmanager
-    def _tx(self, begin: str = "BEGIN") -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    def _tx(self, begin: str = "BEGIN") -> Iterator[Connection]:
         """One transaction on a pooled connection: committed on success, rolled back on any error.
 
         Dead pooled connections are found at BEGIN, before anything is written, and replaced.
@@ -274,18 +301,19 @@ class PostgresStore(Store):
         the server rolls the transaction back, so an operation is applied entirely or not at all.
         """
         self._check_open()
+        pool = self._connections()
         try:
-            conn = self._pool.getconn()
+            conn: Connection = pool.getconn()
             try:
-                for attempt in range(self._pool.max_size + 1):
+                for attempt in range(pool.max_size + 1):
                     try:
                         conn.execute(begin)
                         break
                     except psycopg.OperationalError:
-                        if not conn.broken or attempt == self._pool.max_size:
+                        if not conn.broken or attempt == pool.max_size:
                             raise
-                        self._pool.putconn(conn)  # the pool discards a broken connection
-                        conn = self._pool.getconn()
+                        pool.putconn(conn)  # the pool discards a broken connection
+                        conn = pool.getconn()
                 try:
                     yield conn
                 except BaseException:
@@ -294,7 +322,7 @@ class PostgresStore(Store):
                     raise
                 conn.execute("COMMIT")
             finally:
-                self._pool.putconn(conn)
+                pool.putconn(conn)
         except psycopg.Error as exc:
             raise self._error(exc) from exc
 
@@ -347,6 +375,7 @@ class PostgresStore(Store):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._async_pool.close()
             self._pool.close()
 
     # -- writes -----------------------------------------------------------------------
@@ -488,9 +517,7 @@ class PostgresStore(Store):
         }
         return (*_rows.imported(tenant_id, MEMORY_FIELDS, row), _unit(mem.embedding))
 
-    def _duplicate_of(
-        self, cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, mem: NewMemory, threshold: float
-    ) -> tuple[str, str] | None:
+    def _duplicate_of(self, cur: Cursor, tenant_id: str, mem: NewMemory, threshold: float) -> tuple[str, str] | None:
         """A current memory of the same user and agent with the same text or a near-identical vector.
 
         Runs under the scope's advisory lock, and sees what this batch inserted so far.
@@ -518,7 +545,7 @@ class PostgresStore(Store):
 
     def _end_validity(
         self,
-        cur: psycopg.Cursor[tuple[Any, ...]],
+        cur: Cursor,
         tenant_id: str,
         id: str,
         valid_to: int,
