@@ -300,8 +300,16 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_worker_killed_mid_job_then_restart_completes_exactly_once(tmp_path: Path) -> None:
-    path = str(tmp_path / "k.db")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that a second process can open too: a SQLite file, or a PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "k.db")
+    return str(request.getfixturevalue("postgres_dsn"))  # already a postgresql:// URL
+
+
+def test_worker_killed_mid_job_then_restart_completes_exactly_once(store_location: str) -> None:
+    path = store_location
     settings = Settings(track_access=False, in_process_worker=False, job_lease_seconds=1.0, job_backoff_seconds=0.0)
     llm = ScriptedLLM()
     m = Memory(path, HashEmbedder(), llm=llm, settings=settings)
