@@ -34,6 +34,15 @@ class _Bridge(greenlet.greenlet):  # type: ignore[misc]  # greenlet ships no typ
     def __init__(self, fn: Callable[..., Any], driver: greenlet.greenlet) -> None:
         super().__init__(fn, driver)
         self.driver = driver
+        self.local: dict[object, Any] = {}
+        self.at_exit: list[Callable[[], Awaitable[None]]] = []
+
+
+def _current() -> _Bridge:
+    current = greenlet.getcurrent()
+    if not isinstance(current, _Bridge):
+        raise RuntimeError("only valid inside run_bridged()")
+    return current
 
 
 def bridged() -> bool:
@@ -43,26 +52,39 @@ def bridged() -> bool:
 
 def await_(awaitable: Awaitable[T]) -> T:
     """Wait for `awaitable` from bridged sync code: the event loop runs other work meanwhile."""
-    current = greenlet.getcurrent()
-    if not isinstance(current, _Bridge):
+    if not bridged():
         if inspect.iscoroutine(awaitable):
             awaitable.close()  # it will never run; spare the "never awaited" warning
         raise RuntimeError("await_() is only valid inside run_bridged()")
-    return cast(T, current.driver.switch(awaitable))
+    return cast(T, _current().driver.switch(awaitable))
+
+
+def call_local() -> dict[object, Any]:
+    """State that lives as long as the current `run_bridged` call (e.g. a connection it holds)."""
+    return _current().local
+
+
+def at_call_exit(cleanup: Callable[[], Awaitable[None]]) -> None:
+    """Await `cleanup()` when the current `run_bridged` call ends, however it ends."""
+    _current().at_exit.append(cleanup)
 
 
 async def run_bridged(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run `fn(*args, **kwargs)` on this event loop; each `await_` inside it is awaited here."""
     bridge = _Bridge(fn, greenlet.getcurrent())
-    result: Any = bridge.switch(*args, **kwargs)
-    while not bridge.dead:
-        try:
-            value = await result
-        except BaseException:  # deliver the failure (a cancellation included) where it was awaited
-            result = bridge.throw(*sys.exc_info())
-        else:
-            result = bridge.switch(value)
-    return cast(T, result)
+    try:
+        result: Any = bridge.switch(*args, **kwargs)
+        while not bridge.dead:
+            try:
+                value = await result
+            except BaseException:  # deliver the failure (a cancellation included) where it was awaited
+                result = bridge.throw(*sys.exc_info())
+            else:
+                result = bridge.switch(value)
+        return cast(T, result)
+    finally:
+        for cleanup in reversed(bridge.at_exit):
+            await cleanup()
 
 
 async def run_async(native: bool, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from ..async_bridge import await_, bridged
+from ..async_bridge import at_call_exit, await_, bridged, call_local
 from ..errors import StoreError
 
 Row = tuple[Any, ...]
@@ -99,6 +99,7 @@ class BridgedCursor:
 class BridgedConnection:
     def __init__(self, conn: psycopg.AsyncConnection[Row]) -> None:
         self.raw = conn
+        self.in_use = False
 
     @property
     def broken(self) -> bool:
@@ -151,10 +152,38 @@ class BridgedPool:
         return self._pool
 
     def getconn(self) -> BridgedConnection:
-        return BridgedConnection(await_(self._open().getconn()))
+        """A connection for one statement or transaction.
+
+        One `AsyncMemory` call runs several statements; the first connection it returns is kept
+        for its later ones (a pool round trip costs more than the query) and given back when the
+        call ends. A statement issued while that connection is busy (inside a transaction) gets
+        a connection of its own, exactly as the sync pool would hand out.
+        """
+        held: BridgedConnection | None = call_local().get(self)
+        if held is not None and not held.in_use and not held.broken:
+            conn = held
+        else:
+            conn = BridgedConnection(await_(self._open().getconn()))
+        conn.in_use = True
+        return conn
 
     def putconn(self, conn: BridgedConnection) -> None:
-        await_(self._open().putconn(conn.raw))
+        conn.in_use = False
+        local = call_local()
+        held = local.get(self)
+        if conn.broken or (held is not None and held is not conn):
+            if held is conn:
+                del local[self]
+            await_(self._open().putconn(conn.raw))  # the pool discards a broken connection
+        elif held is None:
+            local[self] = conn
+            pool = self._open()
+
+            async def give_back() -> None:
+                if local.get(self) is conn:
+                    await pool.putconn(conn.raw)
+
+            at_call_exit(give_back)
 
     def stats(self) -> dict[str, int]:
         """psycopg's pool counters (`requests_num`, `connections_num`, ...); empty before first use."""
