@@ -654,7 +654,9 @@ def test_adjacent_turns_stay_in_one_conversation_and_scope(store: Store) -> None
     other = [e.id for e in m.add(["x1", "x2"], user_id="v", infer=False, at="2024-01-01T10:00:00Z").results]
     run = [e.id for e in m.add(["r1"], user_id="u", run_id="r", infer=False, at="2024-01-01T10:00:00Z").results]
     day2 = [e.id for e in m.add(["b1", "b2"], user_id="u", infer=False, at="2024-01-05T10:00:00Z").results]
-    out = _adjacent(m, [day1[1], day1[2], day2[0], other[0], run[0]])
+    agent = [e.id for e in m.add(["g1", "g2"], agent_id="bot", infer=False, at="2024-01-05T10:00:00Z").results]
+    out = _adjacent(m, [day1[1], day1[2], day2[0], other[0], run[0], agent[0]])
+    assert out[agent[0]] == [agent[1]]  # user-less rows have neighbours among user-less rows only
     assert sorted(out[day1[1]]) == sorted([day1[0], day1[2]])
     assert out[day1[2]] == [day1[1]]  # not the other user's rows, not the run's turn, not the next day's
     assert out[day2[0]] == [day2[1]]

@@ -171,10 +171,11 @@ class BridgedPool:
         conn.in_use = False
         local = call_local()
         held = local.get(self)
-        if conn.broken or (held is not None and held is not conn):
+        idle = conn.raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if conn.broken or not idle or (held is not None and held is not conn):
             if held is conn:
                 del local[self]
-            await_(self._open().putconn(conn.raw))  # the pool discards a broken connection
+            await_(self._open().putconn(conn.raw))  # the pool discards a broken one, resets a dirty one
         elif held is None:
             local[self] = conn
             pool = self._open()
