@@ -56,6 +56,10 @@ CONNECT_TIMEOUT_SECONDS = 10
 #: Per-connection settings. JIT compiles plans for "expensive" queries; a user's KNN sort crosses
 #: that threshold and JIT then adds tens of milliseconds to a query that takes two.
 SESSION_SETUP = "SET jit = off"
+#: Rows by id: the unique id index, then the tenant check. Written plainly (`tenant_id = %s AND id =
+#: ANY(%s)`), a table without fresh statistics (right after a bulk load) gets a plan that also
+#: bitmap-scans the whole tenant (8-80 ms at 40k rows instead of 0.1).
+_BY_ID = "WITH hit AS MATERIALIZED (SELECT * FROM {table} WHERE id = ANY(%s::text[]))"
 POOL_OPTIONS = {"pool_min": 1, "pool_max": 10, "pool_timeout": 30}
 
 _MEMORY_COLUMNS = (
@@ -576,8 +580,8 @@ class PostgresStore(Store):
         if not ids:
             return []
         rows = self._fetch(
-            f"SELECT {_MEMORY_COLUMNS} FROM memories m WHERE m.tenant_id = %s AND m.id = ANY(%s::text[])",
-            (tenant_id, list(ids)),
+            f"{_BY_ID.format(table='memories')} SELECT {_MEMORY_COLUMNS} FROM hit m WHERE m.tenant_id = %s",
+            (list(ids), tenant_id),
         )
         by_id = {row[0]: _record(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
@@ -666,13 +670,13 @@ class PostgresStore(Store):
             for side, order in (("<", "DESC"), (">", "ASC"))
         ]
         rows = self._fetch(
-            "SELECT h.id, n.id, n.seq > h.seq FROM memories h CROSS JOIN LATERAL ("
+            f"{_BY_ID.format(table='memories')} SELECT h.id, n.id, n.seq > h.seq FROM hit h CROSS JOIN LATERAL ("
             + " UNION ALL ".join(branches)
-            + ") n WHERE h.tenant_id = %s AND h.id = ANY(%s) AND h.category IS NULL AND h.valid_to IS NULL "
+            + ") n WHERE h.tenant_id = %s AND h.category IS NULL AND h.valid_to IS NULL "
             "AND n.agent_id IS NOT DISTINCT FROM h.agent_id AND n.run_id IS NOT DISTINCT FROM h.run_id "
             "AND n.category IS NULL AND n.valid_to IS NULL AND abs(n.valid_from - h.valid_from) <= %s "
             "AND (n.expires_at IS NULL OR n.expires_at > %s) ORDER BY h.id, abs(n.seq - h.seq)",
-            (*[2 * window] * len(branches), tenant_id, list(ids), gap, now),
+            (list(ids), *[2 * window] * len(branches), tenant_id, gap, now),
         )
         sides: dict[tuple[str, bool], list[str]] = {}
         for hit, other, after in rows:
@@ -690,8 +694,8 @@ class PostgresStore(Store):
         if not ids:
             return {}
         rows = self._fetch(
-            "SELECT id, vector_send(embedding) FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
-            (tenant_id, list(ids)),
+            f"{_BY_ID.format(table='memories')} SELECT id, vector_send(embedding) FROM hit WHERE tenant_id = %s",
+            (list(ids), tenant_id),
         )
         return {str(id): _from_send(data) for id, data in rows}
 
@@ -769,8 +773,8 @@ class PostgresStore(Store):
         if not ids:
             return []
         rows = self._fetch(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages m WHERE m.tenant_id = %s AND m.id = ANY(%s::text[])",
-            (tenant_id, list(ids)),
+            f"{_BY_ID.format(table='messages')} SELECT {_MESSAGE_COLUMNS} FROM hit m WHERE m.tenant_id = %s",
+            (list(ids), tenant_id),
         )
         by_id = {r[0]: _chat(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
