@@ -289,6 +289,34 @@ def test_vector_search_returns_the_true_top_k_of_each_user(store: Store) -> None
         assert ids_of(got) == [mid for mid, _ in truth], user
 
 
+def test_vector_search_follows_every_write_made_through_another_instance(make_store: StoreFactory) -> None:
+    """Each instance (like each process) may cache a user's vectors; the versions keep every cache current."""
+    reader, writer = make_store(), make_store()
+    q = unit(1)
+
+    def found(where: dict[str, Any] | None = None) -> list[str]:
+        return ids_of(reader.vector_search(scope(), q, 10, parse_filters(where), None, 100))
+
+    assert found() == []
+    add(writer, new_memory("a", "a", unit(1)), new_memory("b", "b", unit(1, 1), metadata={"k": 1}))
+    assert found() == ["a", "b"]
+    assert found({"k": 1}) == ["b"]
+    update(writer, "a", new_memory("a2", "a2", unit(1, 0.5), lineage="a"), at=20)
+    assert found() == ["a2", "b"]
+    writer.write("t1", WriteBatch(at=30, invalidate=[Invalidate(id="b", valid_to=30)]))
+    assert found() == ["a2"]
+    add(writer, new_memory("x", "x", unit(1), expires_at=150), at=40)
+    assert found() == ["x", "a2"]
+    assert ids_of(reader.vector_search(scope(), q, 10, None, None, 200)) == ["a2"]  # expired by then
+    exported = [r for r in writer.export_rows("t1") if r["type"] == "memory" and r["id"] == "x"]
+    writer.purge_lineage("t1", "x")
+    assert found() == ["a2"]
+    writer.purge_scope(scope())
+    assert found() == []
+    writer.import_rows("t1", exported, np.array([unit(1)]))
+    assert found() == ["x"]
+
+
 def test_search_respects_agent_run_filters_and_expiry(store: Store) -> None:
     add(
         store,

@@ -48,7 +48,7 @@ from . import _rows
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
 from .postgres_schema import MAX_KEY_BYTES, MIGRATION_LOCK, MIGRATIONS, SchemaContext
-from .vector_index import to_blob
+from .vector_index import DEFAULT_CACHE_BYTES, NO_EXPIRY, Partition, VectorCache, current_partition, to_blob, top_k
 
 CONNECT_TIMEOUT_SECONDS = 10
 POOL_OPTIONS = {"pool_min": 1, "pool_max": 10, "pool_timeout": 30}
@@ -186,7 +186,9 @@ class PostgresStore(Store):
         pool_min: int = 1,
         pool_max: int = 10,
         pool_timeout: float = 30.0,
+        vector_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
+        self._vectors = VectorCache(vector_cache_bytes)
         self.dimensions = dimensions
         self._embedder_id = embedder_id
         self._dsn = dsn
@@ -401,10 +403,11 @@ class PostgresStore(Store):
                     cur.execute(_INSERT_MEMORY, self._memory_row(tenant_id, mem, batch.at))
                 else:
                     duplicates[mem.id] = match
+            changed = {m.scope.user_id for m in batch.memories if m.id not in duplicates}
             for sup in batch.supersede:
-                self._end_validity(cur, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id)
+                changed.add(self._end_validity(cur, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id))
             for inv in batch.invalidate:
-                self._end_validity(cur, tenant_id, inv.id, inv.valid_to, batch.at, None)
+                changed.add(self._end_validity(cur, tenant_id, inv.id, inv.valid_to, batch.at, None))
             touched = [*batch.touch, *(existing for existing, _ in duplicates.values())]
             if touched:
                 cur.execute(
@@ -459,6 +462,7 @@ class PostgresStore(Store):
                         for j in batch.jobs
                     ],
                 )
+            _bump_versions(cur, tenant_id, changed)  # last, so the version rows stay locked briefly
         return WriteOutcome(duplicates=duplicates)
 
     @staticmethod
@@ -524,14 +528,17 @@ class PostgresStore(Store):
         valid_to: int,
         at: int,
         superseded_by: str | None,
-    ) -> None:
+    ) -> str | None:
+        """End a current memory's validity; returns its user."""
         cur.execute(
             "UPDATE memories SET valid_to = %s, superseded_by = %s, updated_at = %s "
-            "WHERE id = %s AND tenant_id = %s AND valid_to IS NULL",
+            "WHERE id = %s AND tenant_id = %s AND valid_to IS NULL RETURNING user_id",
             (valid_to, superseded_by, at, id, tenant_id),
         )
-        if cur.rowcount != 1:
+        row = cur.fetchone()
+        if row is None:
             raise StoreError(f"Memory {id!r} is not current any more (changed concurrently); retry the operation.")
+        return None if row[0] is None else str(row[0])
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
         if not counts:
@@ -594,6 +601,14 @@ class PostgresStore(Store):
     def vector_search(
         self, scope: Scope, vector: Vector, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
+        if scope.user_id is not None and as_of is None:
+            partition, allowed = self._partition(scope, where, now)
+            assert partition.ids is not None
+            mask = partition.mask(scope.agent_id, scope.run_id, None, now)
+            if allowed is not None:
+                mask &= np.isin(partition.ids, allowed)
+            return [Candidate(str(partition.ids[i]), s) for i, s in top_k([partition], [mask], _unit(vector), k)]
+        # `as_of` needs superseded versions, and scopes without a user span users: exact search in SQL.
         sql, params = self._search_filter(scope, where, as_of, now)
         rows = self._fetch(
             f"SELECT m.id, -(m.embedding <#> %s) AS score FROM memories m WHERE {sql} "
@@ -601,6 +616,48 @@ class PostgresStore(Store):
             (_unit(vector), *params, k),
         )
         return [Candidate(str(r[0]), float(r[1])) for r in rows]
+
+    def _partition(self, scope: Scope, where: Filter | None, now: int) -> tuple[Partition, list[str] | None]:
+        """The user's current vectors from the cache when its version is current (else reloaded), and
+        with a filter the ids of the user's current memories that pass it, in the same round trip."""
+        assert scope.user_id is not None
+        key = (scope.tenant_id, scope.user_id)
+        version = "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
+        if where is None:
+            row = self._fetch(f"SELECT {version}", key)[0]
+            allowed = None
+        else:
+            fsql, fparams = self._search_filter(scope, where, None, now)
+            row = self._fetch(f"SELECT {version}, ARRAY(SELECT m.id FROM memories m WHERE {fsql})", (*key, *fparams))[0]
+            allowed = list(row[1])
+        name = f"{scope.tenant_id}\x1f{scope.user_id}"
+        cached = self._vectors.get(name, int(row[0]))
+        if cached is not None:
+            return cached, allowed
+        # The version and the rows in one statement, hence one snapshot. Outside the cache's lock.
+        rows = self._fetch(
+            f"SELECT v.version, m.id, m.agent_id, m.run_id, m.expires_at, vector_send(m.embedding) "
+            f"FROM (SELECT {version} AS version) v LEFT JOIN memories m "
+            "ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
+            (*key, *key),
+        )
+        partition = self._to_partition(int(rows[0][0]), [r for r in rows if r[1] is not None])
+        self._vectors.put(name, partition)
+        return partition, allowed
+
+    def _to_partition(self, version: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
+        n = len(rows)
+        stride = 4 + 4 * self.dimensions  # vector_send: two int16s, then big-endian float4s
+        raw = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.uint8).reshape(n, stride)[:, 4:]
+        matrix = np.ascontiguousarray(raw).view(">f4").astype(np.float32)
+        return current_partition(
+            version,
+            matrix.reshape(n, self.dimensions),
+            ids=np.array([r[1] for r in rows], dtype=object),
+            agent=np.array([r[2] for r in rows], dtype=object),
+            run=np.array([r[3] for r in rows], dtype=object),
+            expires_at=np.fromiter((NO_EXPIRY if r[4] is None else r[4] for r in rows), dtype=np.int64, count=n),
+        )
 
     def keyword_search(
         self, scope: Scope, query: str, k: int, where: Filter | None, as_of: int | None, now: int
@@ -687,17 +744,23 @@ class PostgresStore(Store):
 
     def purge_lineage(self, tenant_id: str, lineage_id: str) -> PurgeCounts:
         with self._tx() as conn, conn.cursor() as cur:
-            cur.execute("DELETE FROM memories WHERE tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id))
+            cur.execute(
+                "DELETE FROM memories WHERE tenant_id = %s AND lineage_id = %s RETURNING user_id",
+                (tenant_id, lineage_id),
+            )
             memories = cur.rowcount
+            _bump_versions(cur, tenant_id, {r[0] for r in cur.fetchall()})
             cur.execute("DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id))
             return PurgeCounts(memories=memories, vectors=memories, keyword_rows=memories, events=cur.rowcount)
 
     def purge_scope(self, scope: Scope) -> PurgeCounts:
         ssql, sparams = _scope_sql(scope)
         with self._tx() as conn, conn.cursor() as cur:
-            cur.execute(f"DELETE FROM memories m WHERE {ssql} RETURNING m.lineage_id", sparams)
-            lineages = sorted({str(r[0]) for r in cur.fetchall()})
+            cur.execute(f"DELETE FROM memories m WHERE {ssql} RETURNING m.lineage_id, m.user_id", sparams)
+            deleted = cur.fetchall()
+            lineages = sorted({str(r[0]) for r in deleted})
             memories = cur.rowcount
+            _bump_versions(cur, scope.tenant_id, {r[1] for r in deleted})
             cur.execute(
                 "DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = ANY(%s::text[])",
                 (scope.tenant_id, lineages),
@@ -859,6 +922,7 @@ class PostgresStore(Store):
     def import_rows(self, tenant_id: str, rows: Sequence[dict[str, Any]], embeddings: Vector) -> int:
         inserted = 0
         vectors = iter(embeddings)
+        changed: set[str | None] = set()
         with self._tx() as conn, conn.cursor() as cur:
             for row in rows:
                 kind = row["type"]
@@ -866,6 +930,7 @@ class PostgresStore(Store):
                     _check_key_size(tenant_id, row["user_id"], row["id"])
                     values = _rows.imported(tenant_id, MEMORY_FIELDS, row)
                     cur.execute(_INSERT_MEMORY, (*values, _unit(next(vectors))))
+                    changed.add(row["user_id"])
                     inserted += 1
                 elif kind == "event":
                     cur.execute(_INSERT_EVENT, _rows.imported(tenant_id, EVENT_FIELDS, row))
@@ -873,6 +938,7 @@ class PostgresStore(Store):
                 elif kind == "message":
                     cur.execute(_IMPORT_MESSAGE, _rows.imported(tenant_id, MESSAGE_FIELDS, row))
                     inserted += cur.rowcount
+            _bump_versions(cur, tenant_id, changed)
         return inserted
 
     # -- integrity --------------------------------------------------------------------
@@ -897,6 +963,21 @@ class PostgresStore(Store):
         """Row counts per table, for diagnostics and tests."""
         tables = ("memories", "memory_events", "messages", "jobs")
         return {table: int(self._fetch(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
+
+
+def _bump_versions(cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, users: set[str | None]) -> None:
+    """Mark the users' vectors changed (see vector_index.py); call in the transaction that changed them.
+
+    Users are locked in sorted order, so two transactions never wait on each other's version rows.
+    """
+    keys = sorted({user or "" for user in users})
+    if keys:
+        cur.execute(
+            "INSERT INTO partition_versions (tenant_id, user_id, version) "
+            "SELECT %s, u, 1 FROM unnest(%s::text[]) AS u ORDER BY u "
+            "ON CONFLICT (tenant_id, user_id) DO UPDATE SET version = partition_versions.version + 1",
+            (tenant_id, keys),
+        )
 
 
 def _check_key_size(tenant_id: str, user_id: str | None, id: str) -> None:

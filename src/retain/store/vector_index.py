@@ -1,14 +1,24 @@
-"""Exact per-user vector search: vectors in SQLite, searched in numpy.
+"""Exact per-user vector search in numpy over a per-process cache, validated by a version row.
 
-Vectors live in the `memory_vectors` table, one row per memory version, with
-its partition (tenant and user), agent, run and validity. A search loads the
-user's partition into a numpy matrix once and keeps it in a per-process LRU
-cache; every write bumps the partition's row in `partition_versions` in the
-same transaction, and each search reads that version (a primary-key lookup)
-before trusting its cached copy. So processes sharing the file stay
-consistent, and a warm search is one matrix-vector product: about 0.5 ms for
-10k x 384 on one core, where sqlite-vec's vec0 scan took 16-30 ms from the
-same file. The search is exact: no approximate index, no recall loss.
+Both stores work this way. A search loads the user's partition (tenant and
+user) into a numpy matrix once and keeps it in a per-process LRU cache; every
+write bumps the partition's row in `partition_versions` in the same
+transaction, and each search reads that version (a primary-key lookup) before
+trusting its cached copy. So processes sharing the database stay consistent,
+and a warm search is one matrix-vector product: about 0.5 ms for 10k x 384 on
+one core, where sqlite-vec's vec0 scan took 16-30 ms from the same file and
+PostgreSQL's exact scan of the user's index entries ~12 ms. The search is
+exact: no approximate index, no recall loss.
+
+In SQLite the vectors live in the `memory_vectors` table, one row per memory
+version, with its partition, agent, run and validity, and a partition holds
+every version (so `as_of` searches use it too). PostgreSQL caches a user's
+current memories only, with their ids and expiry, so a warm search needs no
+query besides the version's; `as_of` searches run in SQL (postgres.py).
+
+The cache's lock guards only the dictionary: partitions are read from the
+database outside it and swapped in under it, so no thread (or greenlet) ever
+holds it across I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import numpy.typing as npt
 from .sqlite_schema import OPEN_END
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+NO_EXPIRY = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -38,21 +49,54 @@ class Partition:
     run: npt.NDArray[np.object_]
     valid_from: npt.NDArray[np.int64]
     valid_to: npt.NDArray[np.int64]
+    #: The memory ids by row, when the store answers from the cache without mapping rowids in SQL.
+    ids: npt.NDArray[np.object_] | None = None
+    #: Expiry times by row (NO_EXPIRY for none), when the store checks expiry here rather than in SQL.
+    expires_at: npt.NDArray[np.int64] | None = None
 
     @property
     def nbytes(self) -> int:
-        return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * 16)
+        per_row = 16 + (0 if self.ids is None else 80) + (0 if self.expires_at is None else 8)
+        return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * per_row)
 
-    def mask(self, agent_id: str | None, run_id: str | None, as_of: int | None) -> npt.NDArray[np.bool_]:
+    def mask(
+        self, agent_id: str | None, run_id: str | None, as_of: int | None, now: int | None = None
+    ) -> npt.NDArray[np.bool_]:
         if as_of is None:
             keep: npt.NDArray[np.bool_] = self.valid_to == OPEN_END
         else:
             keep = (self.valid_from <= as_of) & (self.valid_to > as_of)
+        if now is not None and self.expires_at is not None:
+            keep &= self.expires_at > now
         if agent_id is not None:
             keep &= self.agent == agent_id
         if run_id is not None:
             keep &= self.run == run_id
         return keep
+
+
+def current_partition(
+    version: int,
+    matrix: npt.NDArray[np.float32],
+    *,
+    ids: npt.NDArray[np.object_],
+    agent: npt.NDArray[np.object_],
+    run: npt.NDArray[np.object_],
+    expires_at: npt.NDArray[np.int64],
+) -> Partition:
+    """A partition of current memories only, rows named by position (`ids[rowid]`)."""
+    n = len(matrix)
+    return Partition(
+        version=version,
+        rowids=np.arange(n, dtype=np.int64),
+        matrix=matrix,
+        agent=agent,
+        run=run,
+        valid_from=np.zeros(n, dtype=np.int64),
+        valid_to=np.full(n, OPEN_END, dtype=np.int64),
+        ids=ids,
+        expires_at=expires_at,
+    )
 
 
 class VectorCache:
@@ -74,6 +118,9 @@ class VectorCache:
 
     def put(self, name: str, partition: Partition) -> None:
         with self._lock:
+            current = self._entries.get(name)
+            if current is not None and current.version > partition.version:
+                return  # a concurrent search already cached a newer snapshot
             old = self._entries.pop(name, None)
             if old is not None:
                 self._bytes -= old.nbytes
