@@ -289,25 +289,28 @@ def test_vector_search_returns_the_true_top_k_of_each_user(store: Store) -> None
         assert ids_of(got) == [mid for mid, _ in truth], user
 
 
-def test_vector_search_follows_every_write_made_through_another_instance(make_store: StoreFactory) -> None:
-    """Each instance (like each process) may cache a user's vectors; the versions keep every cache current."""
+def test_searches_follow_every_write_made_through_another_instance(make_store: StoreFactory) -> None:
+    """Each instance (like each process) may cache a user's vectors and postings; versions keep them current."""
     reader, writer = make_store(), make_store()
     q = unit(1)
 
-    def found(where: dict[str, Any] | None = None) -> list[str]:
-        return ids_of(reader.vector_search(scope(), q, 10, parse_filters(where), None, 100))
+    def found(where: dict[str, Any] | None = None, now: int = 100) -> list[str]:
+        dense = ids_of(reader.vector_search(scope(), q, 10, parse_filters(where), None, now))
+        sparse = ids_of(reader.keyword_search(scope(), "tea", 10, parse_filters(where), None, now))
+        assert sorted(dense) == sorted(sparse)  # every memory here is about tea
+        return dense
 
     assert found() == []
-    add(writer, new_memory("a", "a", unit(1)), new_memory("b", "b", unit(1, 1), metadata={"k": 1}))
+    add(writer, new_memory("a", "tea a", unit(1)), new_memory("b", "tea b", unit(1, 1), metadata={"k": 1}))
     assert found() == ["a", "b"]
     assert found({"k": 1}) == ["b"]
-    update(writer, "a", new_memory("a2", "a2", unit(1, 0.5), lineage="a"), at=20)
+    update(writer, "a", new_memory("a2", "tea a2", unit(1, 0.5), lineage="a"), at=20)
     assert found() == ["a2", "b"]
     writer.write("t1", WriteBatch(at=30, invalidate=[Invalidate(id="b", valid_to=30)]))
     assert found() == ["a2"]
-    add(writer, new_memory("x", "x", unit(1), expires_at=150), at=40)
+    add(writer, new_memory("x", "tea x", unit(1), expires_at=150), at=40)
     assert found() == ["x", "a2"]
-    assert ids_of(reader.vector_search(scope(), q, 10, None, None, 200)) == ["a2"]  # expired by then
+    assert found(now=200) == ["a2"]  # x has expired by then
     exported = [r for r in writer.export_rows("t1") if r["type"] == "memory" and r["id"] == "x"]
     writer.purge_lineage("t1", "x")
     assert found() == ["a2"]

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -44,7 +44,7 @@ from ..errors import ConfigError, StoreError
 from ..filters import And, Condition, Filter, Not, Or
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
 from ..timeutil import from_micros
-from . import _rows
+from . import _rows, keyword_index
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
 from .postgres_schema import MAX_KEY_BYTES, MIGRATION_LOCK, MIGRATIONS, SchemaContext
@@ -81,6 +81,21 @@ _IMPORT_MESSAGE = _insert("messages", MESSAGE_FIELDS, suffix=" ON CONFLICT (id) 
 
 #: Query terms scored per keyword search, at most (as many as SQLite's store takes).
 MAX_QUERY_TERMS = 64
+
+#: A user's version (see vector_index.py); 0 before the first write.
+_VERSION_SQL = "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
+#: What a cached partition of each kind is loaded from: the version and the rows in one statement.
+_LOAD_SQL = {
+    # The user's current memories with their vectors.
+    "vectors": f"SELECT v.version, m.id, m.agent_id, m.run_id, m.expires_at, vector_send(m.embedding) "
+    f"FROM (SELECT {_VERSION_SQL} AS version) v LEFT JOIN memories m "
+    "ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
+    # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts.
+    "postings": f"SELECT v.version, m.id, m.agent_id, m.run_id, m.valid_from, m.valid_to, m.expires_at, "
+    "(SELECT array_agg(t.lexeme) FROM unnest(m.terms) t), "
+    "(SELECT array_agg(coalesce(array_length(t.positions, 1), 1)) FROM unnest(m.terms) t) "
+    f"FROM (SELECT {_VERSION_SQL} AS version) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s",
+}
 
 
 def _tsquery_literal(lexeme: str) -> str:
@@ -602,7 +617,7 @@ class PostgresStore(Store):
         self, scope: Scope, vector: Vector, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
         if scope.user_id is not None and as_of is None:
-            partition, allowed = self._partition(scope, where, now)
+            partition, _, allowed = self._cached(scope, "vectors", self._load_vectors, where, None, now)
             assert partition.ids is not None
             mask = partition.mask(scope.agent_id, scope.run_id, None, now)
             if allowed is not None:
@@ -617,35 +632,71 @@ class PostgresStore(Store):
         )
         return [Candidate(str(r[0]), float(r[1])) for r in rows]
 
-    def _partition(self, scope: Scope, where: Filter | None, now: int) -> tuple[Partition, list[str] | None]:
-        """The user's current vectors from the cache when its version is current (else reloaded), and
-        with a filter the ids of the user's current memories that pass it, in the same round trip."""
+    def keyword_search(
+        self, scope: Scope, query: str, k: int, where: Filter | None, as_of: int | None, now: int
+    ) -> list[Candidate]:
+        lexemes_sql = "tsvector_to_array(to_tsvector('english', %s))"
+        if scope.user_id is not None:  # BM25 in numpy over the user's cached postings (keyword_index.py)
+            postings, row, allowed = self._cached(scope, "postings", self._load_postings, where, as_of, now, query)
+            assert isinstance(postings, keyword_index.Postings) and postings.ids is not None
+            keep = postings.mask(scope.agent_id, scope.run_id, as_of, now)
+            if allowed is not None:
+                keep &= np.isin(postings.ids, allowed)
+            in_scope = int(postings.scope_mask(scope.agent_id, scope.run_id).sum())
+            hits = keyword_index.top_k(postings, keep, in_scope, row[1][:MAX_QUERY_TERMS], k)
+            return [Candidate(id, score) for id, score in hits]
+        # Agent or run scopes span users: BM25 in SQL, reading the scope's rows through its btree.
+        rows = self._fetch(f"SELECT {lexemes_sql}", (query,))
+        terms: list[str] = rows[0][0][:MAX_QUERY_TERMS]
+        if not terms:
+            return []
+        lexemes = [_tsquery_literal(t) for t in terms]
+        match = " | ".join(lexemes)
+        fsql, fparams = self._search_filter(scope, where, as_of, now)
+        ssql, sparams = _scope_sql(scope)
+        per_term = [t for lexeme in lexemes for t in (lexeme, lexeme)]
+        sql = _bm25_sql(len(lexemes), "m.terms @@ %s::tsquery", ssql, fsql)
+        rows = self._fetch(sql, (*sparams, *per_term, match, *fparams, k))
+        return [Candidate(str(r[0]), float(r[1])) for r in rows]
+
+    def _cached(
+        self,
+        scope: Scope,
+        kind: str,
+        load: Callable[[int, Sequence[tuple[Any, ...]]], Partition],
+        where: Filter | None,
+        as_of: int | None,
+        now: int,
+        query: str | None = None,
+    ) -> tuple[Partition, tuple[Any, ...], list[str] | None]:
+        """A user's cached partition of one kind, reloaded when the user's version moved on.
+
+        One round trip reads the version, and in the same statement the query's lexemes (with `query`)
+        and the ids of the user's memories that pass the filter (with `where`). Returns the partition,
+        that row and the ids. A reload reads the version again with the rows, in one statement (one
+        snapshot), and happens outside the cache's lock.
+        """
         assert scope.user_id is not None
         key = (scope.tenant_id, scope.user_id)
-        version = "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
-        if where is None:
-            row = self._fetch(f"SELECT {version}", key)[0]
-            allowed = None
-        else:
-            fsql, fparams = self._search_filter(scope, where, None, now)
-            row = self._fetch(f"SELECT {version}, ARRAY(SELECT m.id FROM memories m WHERE {fsql})", (*key, *fparams))[0]
-            allowed = list(row[1])
-        name = f"{scope.tenant_id}\x1f{scope.user_id}"
-        cached = self._vectors.get(name, int(row[0]))
-        if cached is not None:
-            return cached, allowed
-        # The version and the rows in one statement, hence one snapshot. Outside the cache's lock.
-        rows = self._fetch(
-            f"SELECT v.version, m.id, m.agent_id, m.run_id, m.expires_at, vector_send(m.embedding) "
-            f"FROM (SELECT {version} AS version) v LEFT JOIN memories m "
-            "ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
-            (*key, *key),
-        )
-        partition = self._to_partition(int(rows[0][0]), [r for r in rows if r[1] is not None])
-        self._vectors.put(name, partition)
-        return partition, allowed
+        columns, params = [_VERSION_SQL], [*key]
+        if query is not None:
+            columns.append("tsvector_to_array(to_tsvector('english', %s))")
+            params.append(query)
+        if where is not None:
+            fsql, fparams = self._search_filter(Scope(tenant_id=key[0], user_id=key[1]), where, as_of, now)
+            columns.append(f"ARRAY(SELECT m.id FROM memories m WHERE {fsql})")
+            params += fparams
+        row = self._fetch(f"SELECT {', '.join(columns)}", params)[0]
+        allowed = None if where is None else list(row[-1])
+        name = f"{kind}\x1f{scope.tenant_id}\x1f{scope.user_id}"
+        partition = self._vectors.get(name, int(row[0]))
+        if partition is None:
+            rows = self._fetch(_LOAD_SQL[kind], (*key, *key))
+            partition = load(int(rows[0][0]), [r for r in rows if r[1] is not None])
+            self._vectors.put(name, partition)
+        return partition, row, allowed
 
-    def _to_partition(self, version: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
+    def _load_vectors(self, version: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
         n = len(rows)
         stride = 4 + 4 * self.dimensions  # vector_send: two int16s, then big-endian float4s
         raw = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.uint8).reshape(n, stride)[:, 4:]
@@ -659,24 +710,9 @@ class PostgresStore(Store):
             expires_at=np.fromiter((NO_EXPIRY if r[4] is None else r[4] for r in rows), dtype=np.int64, count=n),
         )
 
-    def keyword_search(
-        self, scope: Scope, query: str, k: int, where: Filter | None, as_of: int | None, now: int
-    ) -> list[Candidate]:
-        rows = self._fetch("SELECT tsvector_to_array(to_tsvector('english', %s))", (query,))
-        terms: list[str] = rows[0][0][:MAX_QUERY_TERMS]
-        if not terms:
-            return []
-        lexemes = [_tsquery_literal(t) for t in terms]
-        if scope.user_id is not None:  # the user's own postings (see postgres_schema._m001_core)
-            owner = scoped_terms_owner(scope.tenant_id, scope.user_id)
-            match = "m.scoped_terms @@ %s::tsquery", " | ".join(_tsquery_literal(owner + t) for t in terms)
-        else:  # agent or run scopes span users: read the scope's rows through its btree
-            match = "m.terms @@ %s::tsquery", " | ".join(lexemes)
-        fsql, fparams = self._search_filter(scope, where, as_of, now)
-        ssql, sparams = _scope_sql(scope)
-        per_term = [t for lexeme in lexemes for t in (lexeme, lexeme)]
-        rows = self._fetch(_bm25_sql(len(lexemes), match[0], ssql, fsql), (*sparams, *per_term, match[1], *fparams, k))
-        return [Candidate(str(r[0]), float(r[1])) for r in rows]
+    @staticmethod
+    def _load_postings(version: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
+        return keyword_index.build(version, [r[1:] for r in rows])
 
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
         if not ids or window <= 0:

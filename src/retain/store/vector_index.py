@@ -68,6 +68,11 @@ class Partition:
             keep = (self.valid_from <= as_of) & (self.valid_to > as_of)
         if now is not None and self.expires_at is not None:
             keep &= self.expires_at > now
+        return keep & self.scope_mask(agent_id, run_id)
+
+    def scope_mask(self, agent_id: str | None, run_id: str | None) -> npt.NDArray[np.bool_]:
+        """The rows of the agent and run (each when given), whatever their validity."""
+        keep = np.ones(len(self.rowids), dtype=np.bool_)
         if agent_id is not None:
             keep &= self.agent == agent_id
         if run_id is not None:
