@@ -717,23 +717,28 @@ class PostgresStore(Store):
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
         if not ids or window <= 0:
             return {}
-        # For each hit, the user's nearest rows on each side by insertion order (two bounded index
-        # range scans), then those that are turns of the same conversation.
+        # For each hit, the user's nearest rows on each side by insertion order (bounded range scans of
+        # memories_user), then those that are turns of the same conversation. `user_id IS NOT DISTINCT
+        # FROM` would not use that index (measured: 18 ms for 20 hits walking the whole table's seq order
+        # at 100 users); a NULL user gets its own branches, which other hits skip as a one-time filter.
         near = (
             "(SELECT m.id, m.seq, m.agent_id, m.run_id, m.category, m.valid_to, m.valid_from, m.expires_at "
-            "FROM memories m WHERE m.tenant_id = h.tenant_id AND m.user_id IS NOT DISTINCT FROM h.user_id "
+            "FROM memories m WHERE m.tenant_id = h.tenant_id AND {user} "
             "AND m.seq {side} h.seq ORDER BY m.seq {order} LIMIT %s)"
         )
+        branches = [
+            near.format(user=user, side=side, order=order)
+            for user in ("m.user_id = h.user_id", "m.user_id IS NULL AND h.user_id IS NULL")
+            for side, order in (("<", "DESC"), (">", "ASC"))
+        ]
         rows = self._fetch(
             "SELECT h.id, n.id, n.seq > h.seq FROM memories h CROSS JOIN LATERAL ("
-            + near.format(side="<", order="DESC")
-            + " UNION ALL "
-            + near.format(side=">", order="ASC")
+            + " UNION ALL ".join(branches)
             + ") n WHERE h.tenant_id = %s AND h.id = ANY(%s) AND h.category IS NULL AND h.valid_to IS NULL "
             "AND n.agent_id IS NOT DISTINCT FROM h.agent_id AND n.run_id IS NOT DISTINCT FROM h.run_id "
             "AND n.category IS NULL AND n.valid_to IS NULL AND abs(n.valid_from - h.valid_from) <= %s "
             "AND (n.expires_at IS NULL OR n.expires_at > %s) ORDER BY h.id, abs(n.seq - h.seq)",
-            (2 * window, 2 * window, tenant_id, list(ids), gap, now),
+            (*[2 * window] * len(branches), tenant_id, list(ids), gap, now),
         )
         sides: dict[tuple[str, bool], list[str]] = {}
         for hit, other, after in rows:
