@@ -312,7 +312,9 @@ def test_searches_follow_every_write_made_through_another_instance(make_store: S
     assert found() == ["x", "a2"]
     assert found(now=200) == ["a2"]  # x has expired by then
     exported = [r for r in writer.export_rows("t1") if r["type"] == "memory" and r["id"] == "x"]
+    assert set(reader.similarity("t1", ["x", "a2", "b"], q)) == {"x", "a2", "b"}
     writer.purge_lineage("t1", "x")
+    assert set(reader.similarity("t1", ["x", "a2", "b"], q)) == {"a2", "b"}  # not from a stale cache
     assert found() == ["a2"]
     writer.purge_scope(scope())
     assert found() == []

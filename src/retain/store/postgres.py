@@ -82,6 +82,9 @@ _IMPORT_MESSAGE = _insert("messages", MESSAGE_FIELDS, suffix=" ON CONFLICT (id) 
 #: Query terms scored per keyword search, at most (as many as SQLite's store takes).
 MAX_QUERY_TERMS = 64
 
+#: How many of the most recently used cached partitions `vectors` looks through before asking SQL.
+RECENT_PARTITIONS = 8
+
 #: A user's version (see vector_index.py); 0 before the first write.
 _VERSION_SQL = "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
 #: What a cached partition of each kind is loaded from: the version and the rows in one statement.
@@ -755,11 +758,44 @@ class PostgresStore(Store):
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:
             return {}
-        rows = self._fetch(
-            "SELECT id, vector_send(embedding) FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
-            (tenant_id, list(ids)),
+        found = self._cached_vectors(tenant_id, ids)
+        if rest := [id for id in ids if id not in found]:
+            rows = self._fetch(
+                "SELECT id, vector_send(embedding) FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
+                (tenant_id, rest),
+            )
+            found |= {str(id): _from_send(data) for id, data in rows}
+        return found
+
+    def _cached_vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
+        """The vectors of `ids` held by this tenant's recently used partitions that are still current.
+
+        A search's candidates are in the partition it just used, so this saves reading them (TOASTed,
+        scattered over the heap: 4.8 ms for 60 at 1M) for one primary-key lookup of the versions.
+        """
+        prefix = f"vectors\x1f{tenant_id}\x1f"
+        wanted, found = set(ids), {}
+        for name, partition in self._vectors.recent(prefix, RECENT_PARTITIONS):
+            assert partition.rows_by_id is not None
+            for id in [id for id in wanted if id in partition.rows_by_id]:
+                found[id] = (name[len(prefix) :], partition, partition.rows_by_id[id])
+                wanted.discard(id)
+            if not wanted:
+                break
+        if not found:
+            return {}
+        users = sorted({user for user, _, _ in found.values()})
+        versions = dict(
+            self._fetch(
+                "SELECT user_id, version FROM partition_versions WHERE tenant_id = %s AND user_id = ANY(%s::text[])",
+                (tenant_id, users),
+            )
         )
-        return {str(id): _from_send(data) for id, data in rows}
+        return {
+            id: partition.matrix[row].copy()
+            for id, (user, partition, row) in found.items()
+            if versions.get(user, 0) == partition.version
+        }
 
     def history(self, tenant_id: str, lineage_id: str) -> list[HistoryEntry]:
         rows = self._fetch(

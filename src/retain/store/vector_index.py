@@ -53,10 +53,13 @@ class Partition:
     ids: npt.NDArray[np.object_] | None = None
     #: Expiry times by row (NO_EXPIRY for none), when the store checks expiry here rather than in SQL.
     expires_at: npt.NDArray[np.int64] | None = None
+    #: Row of each id in `ids`, to answer lookups of stored vectors by id.
+    rows_by_id: dict[str, int] | None = None
 
     @property
     def nbytes(self) -> int:
         per_row = 16 + (0 if self.ids is None else 80) + (0 if self.expires_at is None else 8)
+        per_row += 0 if self.rows_by_id is None else 100
         return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * per_row)
 
     def mask(
@@ -101,6 +104,7 @@ def current_partition(
         valid_to=np.full(n, OPEN_END, dtype=np.int64),
         ids=ids,
         expires_at=expires_at,
+        rows_by_id={id: row for row, id in enumerate(ids.tolist())},
     )
 
 
@@ -120,6 +124,17 @@ class VectorCache:
                 return None
             self._entries.move_to_end(name)
             return entry
+
+    def recent(self, prefix: str, limit: int) -> list[tuple[str, Partition]]:
+        """Up to `limit` cached partitions whose names start with `prefix`, most recently used first."""
+        with self._lock:
+            found = []
+            for name in reversed(self._entries):
+                if name.startswith(prefix):
+                    found.append((name, self._entries[name]))
+                    if len(found) == limit:
+                        break
+            return found
 
     def put(self, name: str, partition: Partition) -> None:
         with self._lock:
