@@ -322,6 +322,31 @@ def test_searches_follow_every_write_made_through_another_instance(make_store: S
     assert found() == ["x"]
 
 
+def test_a_cache_brought_up_to_date_by_appends_answers_like_a_fresh_one(make_store: StoreFactory) -> None:
+    """A cached user who only gained memories is extended in place; it must answer exactly like a reload."""
+    reader, writer = make_store(), make_store()
+    rng = np.random.default_rng(3)
+    words = ["tea", "cake", "dog", "lake", "walk", "garden", "coffee", "rain"]
+
+    def searches(s: Store) -> tuple[list[Any], list[Any]]:
+        q = unit(1, 0.5, 0.2)
+        dense = [(c.id, round(c.score, 5)) for c in s.vector_search(scope(), q, 15, None, None, 10**6)]
+        sparse = [(c.id, round(c.score, 5)) for c in s.keyword_search(scope(), "tea cake rain", 15, None, None, 10**6)]
+        return dense, sparse
+
+    for round_ in range(4):
+        batch = []
+        for i in range(8):
+            v = rng.standard_normal(DIM).astype(np.float32)
+            text = " ".join(rng.choice(words, size=int(rng.integers(1, 6))))
+            batch.append(new_memory(f"r{round_}-{i}", f"{text} {round_}", v / np.linalg.norm(v)))
+        add(writer, *batch, at=10 + round_)
+        if round_ == 2:  # a change that is not an append: the next read reloads
+            update(writer, "r0-0", new_memory("r0-0b", "tea tea rain", unit(1, 0.5), lineage="r0-0"), at=20)
+        assert searches(reader) == searches(make_store()), round_
+    assert searches(writer) == searches(reader)
+
+
 def test_search_respects_agent_run_filters_and_expiry(store: Store) -> None:
     add(
         store,

@@ -20,7 +20,7 @@ frequencies are exact here, where the SQL recovers them from `ts_rank`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,34 @@ class Postings(Partition):
         assert self.docs is not None and self.vocabulary is not None
         return super().nbytes + self.docs.nbytes * 2 + len(self.vocabulary) * 100 + len(self.rowids) * 4
 
+    def extended(self, extra: Partition) -> Postings:
+        """These postings with `extra`'s rows appended: the vocabularies merged, the CSR arrays rebuilt."""
+        assert isinstance(extra, Postings) and extra.vocabulary is not None and extra.offsets is not None
+        assert self.vocabulary is not None and self.offsets is not None and self.docs is not None
+        assert extra.docs is not None and self.counts is not None and extra.counts is not None
+        assert self.lengths is not None and extra.lengths is not None
+        vocabulary = dict(self.vocabulary)
+        remap = np.fromiter((vocabulary.setdefault(lexeme, len(vocabulary)) for lexeme in extra.vocabulary), np.int64)
+        codes = np.concatenate(
+            [
+                np.repeat(np.arange(len(self.vocabulary), dtype=np.int64), np.diff(self.offsets)),
+                remap[np.repeat(np.arange(len(extra.vocabulary), dtype=np.int64), np.diff(extra.offsets))],
+            ]
+        )
+        order = np.argsort(codes, kind="stable")
+        offsets = np.zeros(len(vocabulary) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(codes, minlength=len(vocabulary)), out=offsets[1:])
+        rows = super().extended(extra)
+        assert isinstance(rows, Postings)
+        return replace(
+            rows,
+            vocabulary=vocabulary,
+            offsets=offsets,
+            docs=np.concatenate([self.docs, extra.docs + len(self.rowids)])[order],
+            counts=np.concatenate([self.counts, extra.counts])[order],
+            lengths=np.concatenate([self.lengths, extra.lengths]),
+        )
+
     def postings(self, lexeme: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None:
         assert self.vocabulary is not None and self.offsets is not None
         assert self.docs is not None and self.counts is not None
@@ -61,7 +89,7 @@ class Postings(Partition):
         return self.docs[start:end], self.counts[start:end]
 
 
-def build(version: int, rows: Sequence[tuple[Any, ...]]) -> Postings:
+def build(version: int, rows: Sequence[tuple[Any, ...]], reset: int = 0, max_seq: int = 0) -> Postings:
     """From rows of (id, agent_id, run_id, valid_from, valid_to, expires_at, lexemes, counts)."""
     n = len(rows)
     vocabulary: dict[str, int] = {}
@@ -87,6 +115,8 @@ def build(version: int, rows: Sequence[tuple[Any, ...]]) -> Postings:
         docs=docs[order],
         counts=counts[order],
         lengths=lengths.astype(np.float32),
+        reset=reset,
+        max_seq=max_seq,
     )
 
 

@@ -85,19 +85,24 @@ MAX_QUERY_TERMS = 64
 #: How many of the most recently used cached partitions `vectors` looks through before asking SQL.
 RECENT_PARTITIONS = 8
 
-#: A user's version (see vector_index.py); 0 before the first write.
-_VERSION_SQL = "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
-#: What a cached partition of each kind is loaded from: the version and the rows in one statement.
+#: A user's version and the version of its last change that was not only additions (see
+#: vector_index.py); (0, 0) before the first write. Takes (tenant, user) twice.
+_VERSION_SQL = (
+    "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0), "
+    "coalesce((SELECT reset FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
+)
+#: What a cached partition of each kind is loaded from, in one statement (one snapshot): the versions,
+#: then (seq, the loader's columns) of the user's rows from `seq` on. Takes (tenant, user) three times,
+#: then the `seq` to start after.
 _LOAD_SQL = {
     # The user's current memories with their vectors.
-    "vectors": f"SELECT v.version, m.id, m.agent_id, m.run_id, m.expires_at, vector_send(m.embedding) "
-    f"FROM (SELECT {_VERSION_SQL} AS version) v LEFT JOIN memories m "
-    "ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
+    "vectors": "m.id, m.agent_id, m.run_id, m.expires_at, vector_send(m.embedding) FROM ({versions}) v "
+    "LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL AND m.seq > %s",
     # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts.
-    "postings": f"SELECT v.version, m.id, m.agent_id, m.run_id, m.valid_from, m.valid_to, m.expires_at, "
+    "postings": "m.id, m.agent_id, m.run_id, m.valid_from, m.valid_to, m.expires_at, "
     "(SELECT array_agg(t.lexeme) FROM unnest(m.terms) t), "
     "(SELECT array_agg(coalesce(array_length(t.positions, 1), 1)) FROM unnest(m.terms) t) "
-    f"FROM (SELECT {_VERSION_SQL} AS version) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s",
+    "FROM ({versions}) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.seq > %s",
 }
 
 
@@ -413,6 +418,8 @@ class PostgresStore(Store):
                 cur.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}\x1f{user}\x1f{agent}",)
                 )
+            # Before the inserts: a user's inserts then commit in `seq` order (see `_cached`).
+            _bump_versions(cur, tenant_id, {m.scope.user_id for m in batch.memories}, reset=False)
             if not dedup_scopes:
                 cur.executemany(_INSERT_MEMORY, [self._memory_row(tenant_id, m, batch.at) for m in batch.memories])
             for mem in batch.memories if dedup_scopes else []:
@@ -421,7 +428,7 @@ class PostgresStore(Store):
                     cur.execute(_INSERT_MEMORY, self._memory_row(tenant_id, mem, batch.at))
                 else:
                     duplicates[mem.id] = match
-            changed = {m.scope.user_id for m in batch.memories if m.id not in duplicates}
+            changed: set[str | None] = set()
             for sup in batch.supersede:
                 changed.add(self._end_validity(cur, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id))
             for inv in batch.invalidate:
@@ -480,7 +487,7 @@ class PostgresStore(Store):
                         for j in batch.jobs
                     ],
                 )
-            _bump_versions(cur, tenant_id, changed)  # last, so the version rows stay locked briefly
+            _bump_versions(cur, tenant_id, changed, reset=True)
         return WriteOutcome(duplicates=duplicates)
 
     @staticmethod
@@ -646,7 +653,7 @@ class PostgresStore(Store):
             if allowed is not None:
                 keep &= np.isin(postings.ids, allowed)
             in_scope = int(postings.scope_mask(scope.agent_id, scope.run_id).sum())
-            hits = keyword_index.top_k(postings, keep, in_scope, row[1][:MAX_QUERY_TERMS], k)
+            hits = keyword_index.top_k(postings, keep, in_scope, row[0][:MAX_QUERY_TERMS], k)
             return [Candidate(id, score) for id, score in hits]
         # Agent or run scopes span users: BM25 in SQL, reading the scope's rows through its btree.
         rows = self._fetch(f"SELECT {lexemes_sql}", (query,))
@@ -666,22 +673,25 @@ class PostgresStore(Store):
         self,
         scope: Scope,
         kind: str,
-        load: Callable[[int, Sequence[tuple[Any, ...]]], Partition],
+        load: Callable[[int, int, int, Sequence[tuple[Any, ...]]], Partition],
         where: Filter | None,
         as_of: int | None,
         now: int,
         query: str | None = None,
     ) -> tuple[Partition, tuple[Any, ...], list[str] | None]:
-        """A user's cached partition of one kind, reloaded when the user's version moved on.
+        """A user's cached partition of one kind, brought up to date when the user's version moved on.
 
         One round trip reads the version, and in the same statement the query's lexemes (with `query`)
         and the ids of the user's memories that pass the filter (with `where`). Returns the partition,
-        that row and the ids. A reload reads the version again with the rows, in one statement (one
-        snapshot), and happens outside the cache's lock.
+        the columns after the versions and the ids. If the user only gained memories since the cached version, only those
+        are read and appended (rows are added in `seq` order: writers bump the version before they
+        insert, so a user's inserts commit one after another); otherwise the whole partition is read.
+        Either read takes the versions with the rows, in one statement (one snapshot), and happens
+        outside the cache's lock.
         """
         assert scope.user_id is not None
         key = (scope.tenant_id, scope.user_id)
-        columns, params = [_VERSION_SQL], [*key]
+        columns, params = [_VERSION_SQL], [*key, *key]
         if query is not None:
             columns.append("tsvector_to_array(to_tsvector('english', %s))")
             params.append(query)
@@ -692,30 +702,46 @@ class PostgresStore(Store):
         row = self._fetch(f"SELECT {', '.join(columns)}", params)[0]
         allowed = None if where is None else list(row[-1])
         name = f"{kind}\x1f{scope.tenant_id}\x1f{scope.user_id}"
-        partition = self._vectors.get(name, int(row[0]))
-        if partition is None:
-            rows = self._fetch(_LOAD_SQL[kind], (*key, *key))
-            partition = load(int(rows[0][0]), [r for r in rows if r[1] is not None])
-            self._vectors.put(name, partition)
-        return partition, row, allowed
+        cached = self._vectors.get(name, int(row[0]))
+        if cached is not None:
+            return cached, row[2:], allowed
+        base = self._vectors.peek(name)
+        if base is not None and (base.reset != int(row[1]) or base.version > int(row[0])):
+            base = None
+        sql = f"SELECT v.*, m.seq, {_LOAD_SQL[kind].format(versions=f'SELECT {_VERSION_SQL}')}"
+        rows = self._fetch(sql, (*key, *key, *key, 0 if base is None else base.max_seq))
+        version, reset = int(rows[0][0]), int(rows[0][1])
+        if base is not None and base.reset != reset:  # something was removed since the first read
+            base = None
+            rows = self._fetch(sql, (*key, *key, *key, 0))
+            version, reset = int(rows[0][0]), int(rows[0][1])
+        rows = [r for r in rows if r[2] is not None]
+        max_seq = max((int(r[2]) for r in rows), default=0)
+        partition = load(version, reset, max_seq, [r[3:] for r in rows])
+        if base is not None:
+            partition = base.extended(partition)
+        self._vectors.put(name, partition)
+        return partition, row[2:], allowed
 
-    def _load_vectors(self, version: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
+    def _load_vectors(self, version: int, reset: int, max_seq: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
         n = len(rows)
         stride = 4 + 4 * self.dimensions  # vector_send: two int16s, then big-endian float4s
-        raw = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.uint8).reshape(n, stride)[:, 4:]
+        raw = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.uint8).reshape(n, stride)[:, 4:]
         matrix = np.ascontiguousarray(raw).view(">f4").astype(np.float32)
         return current_partition(
             version,
             matrix.reshape(n, self.dimensions),
-            ids=np.array([r[1] for r in rows], dtype=object),
-            agent=np.array([r[2] for r in rows], dtype=object),
-            run=np.array([r[3] for r in rows], dtype=object),
-            expires_at=np.fromiter((NO_EXPIRY if r[4] is None else r[4] for r in rows), dtype=np.int64, count=n),
+            ids=np.array([r[0] for r in rows], dtype=object),
+            agent=np.array([r[1] for r in rows], dtype=object),
+            run=np.array([r[2] for r in rows], dtype=object),
+            expires_at=np.fromiter((NO_EXPIRY if r[3] is None else r[3] for r in rows), dtype=np.int64, count=n),
+            reset=reset,
+            max_seq=max_seq,
         )
 
     @staticmethod
-    def _load_postings(version: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
-        return keyword_index.build(version, [r[1:] for r in rows])
+    def _load_postings(version: int, reset: int, max_seq: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
+        return keyword_index.build(version, rows, reset, max_seq)
 
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
         if not ids or window <= 0:
@@ -826,7 +852,7 @@ class PostgresStore(Store):
                 (tenant_id, lineage_id),
             )
             memories = cur.rowcount
-            _bump_versions(cur, tenant_id, {r[0] for r in cur.fetchall()})
+            _bump_versions(cur, tenant_id, {r[0] for r in cur.fetchall()}, reset=True)
             cur.execute("DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id))
             return PurgeCounts(memories=memories, vectors=memories, keyword_rows=memories, events=cur.rowcount)
 
@@ -837,7 +863,7 @@ class PostgresStore(Store):
             deleted = cur.fetchall()
             lineages = sorted({str(r[0]) for r in deleted})
             memories = cur.rowcount
-            _bump_versions(cur, scope.tenant_id, {r[1] for r in deleted})
+            _bump_versions(cur, scope.tenant_id, {r[1] for r in deleted}, reset=True)
             cur.execute(
                 "DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = ANY(%s::text[])",
                 (scope.tenant_id, lineages),
@@ -1015,7 +1041,7 @@ class PostgresStore(Store):
                 elif kind == "message":
                     cur.execute(_IMPORT_MESSAGE, _rows.imported(tenant_id, MESSAGE_FIELDS, row))
                     inserted += cur.rowcount
-            _bump_versions(cur, tenant_id, changed)
+            _bump_versions(cur, tenant_id, changed, reset=True)
         return inserted
 
     # -- integrity --------------------------------------------------------------------
@@ -1042,18 +1068,22 @@ class PostgresStore(Store):
         return {table: int(self._fetch(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
 
 
-def _bump_versions(cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, users: set[str | None]) -> None:
-    """Mark the users' vectors changed (see vector_index.py); call in the transaction that changed them.
+def _bump_versions(
+    cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, users: set[str | None], *, reset: bool
+) -> None:
+    """Mark the users' memories changed (see vector_index.py); call in the transaction that changes them.
 
-    Users are locked in sorted order, so two transactions never wait on each other's version rows.
+    `reset=False` promises that the transaction only adds memories of these users, and must come before
+    it inserts them. Users are locked in sorted order, so two transactions bumping the same users never
+    wait on each other in a cycle.
     """
     keys = sorted({user or "" for user in users})
     if keys:
         cur.execute(
-            "INSERT INTO partition_versions (tenant_id, user_id, version) "
-            "SELECT %s, u, 1 FROM unnest(%s::text[]) AS u ORDER BY u "
-            "ON CONFLICT (tenant_id, user_id) DO UPDATE SET version = partition_versions.version + 1",
-            (tenant_id, keys),
+            "INSERT INTO partition_versions AS p (tenant_id, user_id, version, reset) "
+            "SELECT %s, u, 1, %s FROM unnest(%s::text[]) AS u ORDER BY u ON CONFLICT (tenant_id, user_id) "
+            "DO UPDATE SET version = p.version + 1, reset = CASE WHEN %s THEN p.version + 1 ELSE p.reset END",
+            (tenant_id, int(reset), keys, reset),
         )
 
 

@@ -180,12 +180,12 @@ def _m002_knn_index(db: Any, ctx: SchemaContext) -> None:
 
 def _m003_partition_versions(db: Any, ctx: SchemaContext) -> None:
     # A counter per (tenant, user), bumped in every transaction that changes the user's memories, so a
-    # process can tell whether its cached copy of the user's vectors is current (see vector_index.py).
-    # Rows are never deleted: a counter that restarted could meet a stale cached version again.
-    # A NULL user is the empty string here.
+    # process can tell whether its cached copy of the user's vectors is current (see vector_index.py);
+    # `reset` is the version of the last change that did more than add memories. Rows are never
+    # deleted: a counter that restarted could meet a stale cached version again. A NULL user is ''.
     db.execute(
         "CREATE TABLE partition_versions (tenant_id text NOT NULL, user_id text NOT NULL, "
-        "version bigint NOT NULL, PRIMARY KEY (tenant_id, user_id))"
+        "version bigint NOT NULL, reset bigint NOT NULL, PRIMARY KEY (tenant_id, user_id))"
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,12 +55,38 @@ class Partition:
     expires_at: npt.NDArray[np.int64] | None = None
     #: Row of each id in `ids`, to answer lookups of stored vectors by id.
     rows_by_id: dict[str, int] | None = None
+    #: PostgreSQL: the version of the user's last change that was not an append, and the highest
+    #: `seq` held. While the first stays put, the partition is brought up to date by appending rows.
+    reset: int = 0
+    max_seq: int = 0
 
     @property
     def nbytes(self) -> int:
         per_row = 16 + (0 if self.ids is None else 80) + (0 if self.expires_at is None else 8)
         per_row += 0 if self.rows_by_id is None else 100
         return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * per_row)
+
+    def extended(self, extra: Partition) -> Partition:
+        """This partition with `extra`'s rows appended (a later version of the same user)."""
+        assert self.ids is not None and extra.ids is not None and self.expires_at is not None
+        assert extra.expires_at is not None
+        n = len(self.rowids)
+        rows_by_id = None
+        if self.rows_by_id is not None and extra.rows_by_id is not None:
+            rows_by_id = self.rows_by_id | {id: n + row for id, row in extra.rows_by_id.items()}
+        return replace(
+            extra,
+            rowids=np.arange(n + len(extra.rowids), dtype=np.int64),
+            matrix=np.concatenate([self.matrix, extra.matrix]),
+            agent=np.concatenate([self.agent, extra.agent]),
+            run=np.concatenate([self.run, extra.run]),
+            valid_from=np.concatenate([self.valid_from, extra.valid_from]),
+            valid_to=np.concatenate([self.valid_to, extra.valid_to]),
+            ids=np.concatenate([self.ids, extra.ids]),
+            expires_at=np.concatenate([self.expires_at, extra.expires_at]),
+            rows_by_id=rows_by_id,
+            max_seq=max(self.max_seq, extra.max_seq),
+        )
 
     def mask(
         self, agent_id: str | None, run_id: str | None, as_of: int | None, now: int | None = None
@@ -91,6 +117,8 @@ def current_partition(
     agent: npt.NDArray[np.object_],
     run: npt.NDArray[np.object_],
     expires_at: npt.NDArray[np.int64],
+    reset: int = 0,
+    max_seq: int = 0,
 ) -> Partition:
     """A partition of current memories only, rows named by position (`ids[rowid]`)."""
     n = len(matrix)
@@ -105,6 +133,8 @@ def current_partition(
         ids=ids,
         expires_at=expires_at,
         rows_by_id={id: row for row, id in enumerate(ids.tolist())},
+        reset=reset,
+        max_seq=max_seq,
     )
 
 
@@ -124,6 +154,11 @@ class VectorCache:
                 return None
             self._entries.move_to_end(name)
             return entry
+
+    def peek(self, name: str) -> Partition | None:
+        """The cached partition, whatever its version (to bring it up to date)."""
+        with self._lock:
+            return self._entries.get(name)
 
     def recent(self, prefix: str, limit: int) -> list[tuple[str, Partition]]:
         """Up to `limit` cached partitions whose names start with `prefix`, most recently used first."""
