@@ -91,18 +91,20 @@ _VERSION_SQL = (
     "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0), "
     "coalesce((SELECT reset FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
 )
-#: What a cached partition of each kind is loaded from, in one statement (one snapshot): the versions,
-#: then (seq, the loader's columns) of the user's rows from `seq` on. Takes (tenant, user) three times,
-#: then the `seq` to start after.
+#: The versions and the user's highest `seq` (to read only later rows next time). Takes (tenant, user) 3x.
+_VERSIONS_AND_SEQ = f"SELECT {_VERSION_SQL}, (SELECT max(seq) FROM memories WHERE tenant_id = %s AND user_id = %s)"
+#: What a cached partition of each kind is read from, in one statement (one snapshot): the versions and
+#: `seq`, then the loader's columns of each of the user's rows (`{versions}`, then (tenant, user)).
 _LOAD_SQL = {
-    # The user's current memories with their vectors.
-    "vectors": "m.id, m.agent_id, m.run_id, m.expires_at, vector_send(m.embedding) FROM ({versions}) v "
-    "LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL AND m.seq > %s",
+    # The user's current memories with their vectors: an index-only scan of memories_current_vectors
+    # (measured at 10k per user: 143 ms, against 319 ms reading the heap and the TOASTed vectors).
+    "vectors": "m.id, m.expires_at, vector_send(m.embedding) FROM ({versions}) v "
+    "LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
     # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts.
     "postings": "m.id, m.agent_id, m.run_id, m.valid_from, m.valid_to, m.expires_at, "
     "(SELECT array_agg(t.lexeme) FROM unnest(m.terms) t), "
     "(SELECT array_agg(coalesce(array_length(t.positions, 1), 1)) FROM unnest(m.terms) t) "
-    "FROM ({versions}) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.seq > %s",
+    "FROM ({versions}) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s",
 }
 
 
@@ -627,9 +629,11 @@ class PostgresStore(Store):
         self, scope: Scope, vector: Vector, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
         if scope.user_id is not None and as_of is None:
-            partition, _, allowed = self._cached(scope, "vectors", self._load_vectors, where, None, now)
+            # The partition is read from the covering index, which has no agent or run: those go to SQL.
+            in_sql = where is not None or scope.agent_id is not None or scope.run_id is not None
+            partition, _, allowed = self._cached(scope, "vectors", self._load_vectors, in_sql, where, None, now)
             assert partition.ids is not None
-            mask = partition.mask(scope.agent_id, scope.run_id, None, now)
+            mask = partition.mask(None, None, None, now)
             if allowed is not None:
                 mask &= np.isin(partition.ids, allowed)
             return [Candidate(str(partition.ids[i]), s) for i, s in top_k([partition], [mask], _unit(vector), k)]
@@ -647,7 +651,9 @@ class PostgresStore(Store):
     ) -> list[Candidate]:
         lexemes_sql = "tsvector_to_array(to_tsvector('english', %s))"
         if scope.user_id is not None:  # BM25 in numpy over the user's cached postings (keyword_index.py)
-            postings, row, allowed = self._cached(scope, "postings", self._load_postings, where, as_of, now, query)
+            postings, row, allowed = self._cached(
+                scope, "postings", self._load_postings, where is not None, where, as_of, now, query
+            )
             assert isinstance(postings, keyword_index.Postings) and postings.ids is not None
             keep = postings.mask(scope.agent_id, scope.run_id, as_of, now)
             if allowed is not None:
@@ -674,6 +680,7 @@ class PostgresStore(Store):
         scope: Scope,
         kind: str,
         load: Callable[[int, int, int, Sequence[tuple[Any, ...]]], Partition],
+        filtered: bool,
         where: Filter | None,
         as_of: int | None,
         now: int,
@@ -682,12 +689,12 @@ class PostgresStore(Store):
         """A user's cached partition of one kind, brought up to date when the user's version moved on.
 
         One round trip reads the version, and in the same statement the query's lexemes (with `query`)
-        and the ids of the user's memories that pass the filter (with `where`). Returns the partition,
-        the columns after the versions and the ids. If the user only gained memories since the cached version, only those
-        are read and appended (rows are added in `seq` order: writers bump the version before they
-        insert, so a user's inserts commit one after another); otherwise the whole partition is read.
-        Either read takes the versions with the rows, in one statement (one snapshot), and happens
-        outside the cache's lock.
+        and, when `filtered`, the ids of the memories in `scope` that pass `where` at `as_of`. Returns
+        the partition, the columns read after the versions, and those ids. If the user only gained
+        memories since the cached version, only those are read and appended (rows are added in `seq`
+        order: writers bump the version before they insert, so a user's inserts commit one after
+        another); otherwise the whole partition is read. Either read takes the versions with the rows,
+        in one statement (one snapshot), and happens outside the cache's lock.
         """
         assert scope.user_id is not None
         key = (scope.tenant_id, scope.user_id)
@@ -695,12 +702,12 @@ class PostgresStore(Store):
         if query is not None:
             columns.append("tsvector_to_array(to_tsvector('english', %s))")
             params.append(query)
-        if where is not None:
-            fsql, fparams = self._search_filter(Scope(tenant_id=key[0], user_id=key[1]), where, as_of, now)
+        if filtered:
+            fsql, fparams = self._search_filter(scope, where, as_of, now)
             columns.append(f"ARRAY(SELECT m.id FROM memories m WHERE {fsql})")
             params += fparams
         row = self._fetch(f"SELECT {', '.join(columns)}", params)[0]
-        allowed = None if where is None else list(row[-1])
+        allowed = list(row[-1]) if filtered else None
         name = f"{kind}\x1f{scope.tenant_id}\x1f{scope.user_id}"
         cached = self._vectors.get(name, int(row[0]))
         if cached is not None:
@@ -708,16 +715,15 @@ class PostgresStore(Store):
         base = self._vectors.peek(name)
         if base is not None and (base.reset != int(row[1]) or base.version > int(row[0])):
             base = None
-        sql = f"SELECT v.*, m.seq, {_LOAD_SQL[kind].format(versions=f'SELECT {_VERSION_SQL}')}"
-        rows = self._fetch(sql, (*key, *key, *key, 0 if base is None else base.max_seq))
-        version, reset = int(rows[0][0]), int(rows[0][1])
-        if base is not None and base.reset != reset:  # something was removed since the first read
-            base = None
-            rows = self._fetch(sql, (*key, *key, *key, 0))
-            version, reset = int(rows[0][0]), int(rows[0][1])
-        rows = [r for r in rows if r[2] is not None]
-        max_seq = max((int(r[2]) for r in rows), default=0)
-        partition = load(version, reset, max_seq, [r[3:] for r in rows])
+        sql = f"SELECT v.*, {_LOAD_SQL[kind]}".format(versions=_VERSIONS_AND_SEQ)
+        if base is not None:  # only the memories added since (a full read can use an index-only scan)
+            rows = self._fetch(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq))
+            if base.reset != int(rows[0][1]):  # something was removed since the first read
+                base = None
+        if base is None:
+            rows = self._fetch(sql, (*key, *key, *key, *key))
+        version, reset, max_seq = int(rows[0][0]), int(rows[0][1]), int(rows[0][2] or 0)
+        partition = load(version, reset, max_seq, [r[3:] for r in rows if r[3] is not None])
         if base is not None:
             partition = base.extended(partition)
         self._vectors.put(name, partition)
@@ -726,15 +732,16 @@ class PostgresStore(Store):
     def _load_vectors(self, version: int, reset: int, max_seq: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
         n = len(rows)
         stride = 4 + 4 * self.dimensions  # vector_send: two int16s, then big-endian float4s
-        raw = np.frombuffer(b"".join(r[4] for r in rows), dtype=np.uint8).reshape(n, stride)[:, 4:]
+        raw = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(n, stride)[:, 4:]
         matrix = np.ascontiguousarray(raw).view(">f4").astype(np.float32)
+        unknown = np.full(n, None, dtype=object)  # agent and run are filtered in SQL (see vector_search)
         return current_partition(
             version,
             matrix.reshape(n, self.dimensions),
             ids=np.array([r[0] for r in rows], dtype=object),
-            agent=np.array([r[1] for r in rows], dtype=object),
-            run=np.array([r[2] for r in rows], dtype=object),
-            expires_at=np.fromiter((NO_EXPIRY if r[3] is None else r[3] for r in rows), dtype=np.int64, count=n),
+            agent=unknown,
+            run=unknown,
+            expires_at=np.fromiter((NO_EXPIRY if r[1] is None else r[1] for r in rows), dtype=np.int64, count=n),
             reset=reset,
             max_seq=max_seq,
         )
