@@ -268,7 +268,7 @@ def test_cli_moves_a_store_from_sqlite_to_postgres(tmp_path: Path, postgres_dsn:
 
 
 def test_keyword_postings_are_found_for_any_tenant_and_user_name(postgres_dsn: str) -> None:
-    """The per-user lexeme prefix is computed in SQL when stored and in Python when searched."""
+    """Tenant and user names of any kind key the version row and the cached postings."""
     from retain.models import Scope
 
     m = Memory(PostgresStore(postgres_dsn, dimensions=16, embedder_id="hash:16"), HashEmbedder(16))

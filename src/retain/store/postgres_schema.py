@@ -189,8 +189,19 @@ def _m003_partition_versions(db: Any, ctx: SchemaContext) -> None:
     )
 
 
+def _m004_drop_scoped_terms(db: Any, ctx: SchemaContext) -> None:
+    # A user's keyword search now reads the user's `terms` once into a per-process cache
+    # (keyword_index.py), and searches spanning users read `terms` through the scope's btree, so
+    # nothing reads the per-user postings any more; they cost every insert a second tsvector and a
+    # GIN entry per lexeme.
+    db.execute("DROP INDEX memories_scoped_terms")
+    db.execute("ALTER TABLE memories DROP COLUMN scoped_terms")
+    db.execute("DROP FUNCTION retain_scoped_terms(text, text)")
+
+
 MIGRATIONS: list[Callable[[Any, SchemaContext], None]] = [
     _m001_core,
     _m002_knn_index,
     _m003_partition_versions,
+    _m004_drop_scoped_terms,
 ]
