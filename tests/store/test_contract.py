@@ -289,6 +289,64 @@ def test_vector_search_returns_the_true_top_k_of_each_user(store: Store) -> None
         assert ids_of(got) == [mid for mid, _ in truth], user
 
 
+def test_searches_follow_every_write_made_through_another_instance(make_store: StoreFactory) -> None:
+    """Each instance (like each process) may cache a user's vectors and postings; versions keep them current."""
+    reader, writer = make_store(), make_store()
+    q = unit(1)
+
+    def found(where: dict[str, Any] | None = None, now: int = 100) -> list[str]:
+        dense = ids_of(reader.vector_search(scope(), q, 10, parse_filters(where), None, now))
+        sparse = ids_of(reader.keyword_search(scope(), "tea", 10, parse_filters(where), None, now))
+        assert sorted(dense) == sorted(sparse)  # every memory here is about tea
+        return dense
+
+    assert found() == []
+    add(writer, new_memory("a", "tea a", unit(1)), new_memory("b", "tea b", unit(1, 1), metadata={"k": 1}))
+    assert found() == ["a", "b"]
+    assert found({"k": 1}) == ["b"]
+    update(writer, "a", new_memory("a2", "tea a2", unit(1, 0.5), lineage="a"), at=20)
+    assert found() == ["a2", "b"]
+    writer.write("t1", WriteBatch(at=30, invalidate=[Invalidate(id="b", valid_to=30)]))
+    assert found() == ["a2"]
+    add(writer, new_memory("x", "tea x", unit(1), expires_at=150), at=40)
+    assert found() == ["x", "a2"]
+    assert found(now=200) == ["a2"]  # x has expired by then
+    exported = [r for r in writer.export_rows("t1") if r["type"] == "memory" and r["id"] == "x"]
+    assert set(reader.similarity("t1", ["x", "a2", "b"], q)) == {"x", "a2", "b"}
+    writer.purge_lineage("t1", "x")
+    assert set(reader.similarity("t1", ["x", "a2", "b"], q)) == {"a2", "b"}  # not from a stale cache
+    assert found() == ["a2"]
+    writer.purge_scope(scope())
+    assert found() == []
+    writer.import_rows("t1", exported, np.array([unit(1)]))
+    assert found() == ["x"]
+
+
+def test_a_cache_brought_up_to_date_by_appends_answers_like_a_fresh_one(make_store: StoreFactory) -> None:
+    """A cached user who only gained memories is extended in place; it must answer exactly like a reload."""
+    reader, writer = make_store(), make_store()
+    rng = np.random.default_rng(3)
+    words = ["tea", "cake", "dog", "lake", "walk", "garden", "coffee", "rain"]
+
+    def searches(s: Store) -> tuple[list[Any], list[Any]]:
+        q = unit(1, 0.5, 0.2)
+        dense = [(c.id, round(c.score, 5)) for c in s.vector_search(scope(), q, 15, None, None, 10**6)]
+        sparse = [(c.id, round(c.score, 5)) for c in s.keyword_search(scope(), "tea cake rain", 15, None, None, 10**6)]
+        return dense, sparse
+
+    for round_ in range(4):
+        batch = []
+        for i in range(8):
+            v = rng.standard_normal(DIM).astype(np.float32)
+            text = " ".join(rng.choice(words, size=int(rng.integers(1, 6))))
+            batch.append(new_memory(f"r{round_}-{i}", f"{text} {round_}", v / np.linalg.norm(v)))
+        add(writer, *batch, at=10 + round_)
+        if round_ == 2:  # a change that is not an append: the next read reloads
+            update(writer, "r0-0", new_memory("r0-0b", "tea tea rain", unit(1, 0.5), lineage="r0-0"), at=20)
+        assert searches(reader) == searches(make_store()), round_
+    assert searches(writer) == searches(reader)
+
+
 def test_search_respects_agent_run_filters_and_expiry(store: Store) -> None:
     add(
         store,

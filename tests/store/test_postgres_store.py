@@ -268,7 +268,7 @@ def test_cli_moves_a_store_from_sqlite_to_postgres(tmp_path: Path, postgres_dsn:
 
 
 def test_keyword_postings_are_found_for_any_tenant_and_user_name(postgres_dsn: str) -> None:
-    """The per-user lexeme prefix is computed in SQL when stored and in Python when searched."""
+    """Tenant and user names of any kind key the version row and the cached postings."""
     from retain.models import Scope
 
     m = Memory(PostgresStore(postgres_dsn, dimensions=16, embedder_id="hash:16"), HashEmbedder(16))
@@ -277,4 +277,28 @@ def test_keyword_postings_are_found_for_any_tenant_and_user_name(postgres_dsn: s
         (added,) = view.add("Kaffee mit Milch in München", user_id=user, infer=False).results
         found = m.store.keyword_search(Scope(tenant_id=tenant, user_id=user), "münchen kaffee", 10, None, None, 0)
         assert [c.id for c in found] == [added.id]
+    m.close()
+
+
+def test_keyword_scores_from_the_cached_postings_match_bm25_in_sql(postgres_dsn: str) -> None:
+    """A user's search scores in numpy (keyword_index.py); a search spanning users scores in SQL. Same BM25."""
+    from retain.models import Scope
+
+    m = Memory(PostgresStore(postgres_dsn, dimensions=16, embedder_id="hash:16"), HashEmbedder(16))
+    texts = [
+        "tea tea tea and cake",
+        "green tea in the garden with a long list of other words about the weather",
+        "coffee and cake",
+        "cake",
+        "tea",
+        "a walk to the lake with the dog",
+        "the dog likes cake and tea and more tea",
+    ]
+    m.add(texts, user_id="u", agent_id="a", infer=False)
+    m.update(m.search("coffee", user_id="u").results[0].id, text="coffee and more cake")  # a superseded version
+    for query in ("tea cake", "dog", "coffee cake weather", "nothing matches"):
+        cached = m.store.keyword_search(Scope(tenant_id="default", user_id="u", agent_id="a"), query, 20, None, None, 0)
+        in_sql = m.store.keyword_search(Scope(tenant_id="default", agent_id="a"), query, 20, None, None, 0)
+        # SQL recovers term frequencies from ts_rank to within 0.05 (1.05 for 1), so scores agree to 5%.
+        assert {c.id: c.score for c in cached} == pytest.approx({c.id: c.score for c in in_sql}, rel=0.05), query
     m.close()

@@ -178,7 +178,30 @@ def _m002_knn_index(db: Any, ctx: SchemaContext) -> None:
         )
 
 
+def _m003_partition_versions(db: Any, ctx: SchemaContext) -> None:
+    # A counter per (tenant, user), bumped in every transaction that changes the user's memories, so a
+    # process can tell whether its cached copy of the user's vectors is current (see vector_index.py);
+    # `reset` is the version of the last change that did more than add memories. Rows are never
+    # deleted: a counter that restarted could meet a stale cached version again. A NULL user is ''.
+    db.execute(
+        "CREATE TABLE partition_versions (tenant_id text NOT NULL, user_id text NOT NULL, "
+        "version bigint NOT NULL, reset bigint NOT NULL, PRIMARY KEY (tenant_id, user_id))"
+    )
+
+
+def _m004_drop_scoped_terms(db: Any, ctx: SchemaContext) -> None:
+    # A user's keyword search now reads the user's `terms` once into a per-process cache
+    # (keyword_index.py), and searches spanning users read `terms` through the scope's btree, so
+    # nothing reads the per-user postings any more; they cost every insert a second tsvector and a
+    # GIN entry per lexeme.
+    db.execute("DROP INDEX memories_scoped_terms")
+    db.execute("ALTER TABLE memories DROP COLUMN scoped_terms")
+    db.execute("DROP FUNCTION retain_scoped_terms(text, text)")
+
+
 MIGRATIONS: list[Callable[[Any, SchemaContext], None]] = [
     _m001_core,
     _m002_knn_index,
+    _m003_partition_versions,
+    _m004_drop_scoped_terms,
 ]

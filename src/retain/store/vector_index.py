@@ -1,14 +1,24 @@
-"""Exact per-user vector search: vectors in SQLite, searched in numpy.
+"""Exact per-user vector search in numpy over a per-process cache, validated by a version row.
 
-Vectors live in the `memory_vectors` table, one row per memory version, with
-its partition (tenant and user), agent, run and validity. A search loads the
-user's partition into a numpy matrix once and keeps it in a per-process LRU
-cache; every write bumps the partition's row in `partition_versions` in the
-same transaction, and each search reads that version (a primary-key lookup)
-before trusting its cached copy. So processes sharing the file stay
-consistent, and a warm search is one matrix-vector product: about 0.5 ms for
-10k x 384 on one core, where sqlite-vec's vec0 scan took 16-30 ms from the
-same file. The search is exact: no approximate index, no recall loss.
+Both stores work this way. A search loads the user's partition (tenant and
+user) into a numpy matrix once and keeps it in a per-process LRU cache; every
+write bumps the partition's row in `partition_versions` in the same
+transaction, and each search reads that version (a primary-key lookup) before
+trusting its cached copy. So processes sharing the database stay consistent,
+and a warm search is one matrix-vector product: about 0.5 ms for 10k x 384 on
+one core, where sqlite-vec's vec0 scan took 16-30 ms from the same file and
+PostgreSQL's exact scan of the user's index entries ~12 ms. The search is
+exact: no approximate index, no recall loss.
+
+In SQLite the vectors live in the `memory_vectors` table, one row per memory
+version, with its partition, agent, run and validity, and a partition holds
+every version (so `as_of` searches use it too). PostgreSQL caches a user's
+current memories only, with their ids and expiry, so a warm search needs no
+query besides the version's; `as_of` searches run in SQL (postgres.py).
+
+The cache's lock guards only the dictionary: partitions are read from the
+database outside it and swapped in under it, so no thread (or greenlet) ever
+holds it across I/O.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +35,7 @@ import numpy.typing as npt
 from .sqlite_schema import OPEN_END
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+NO_EXPIRY = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -38,21 +49,93 @@ class Partition:
     run: npt.NDArray[np.object_]
     valid_from: npt.NDArray[np.int64]
     valid_to: npt.NDArray[np.int64]
+    #: The memory ids by row, when the store answers from the cache without mapping rowids in SQL.
+    ids: npt.NDArray[np.object_] | None = None
+    #: Expiry times by row (NO_EXPIRY for none), when the store checks expiry here rather than in SQL.
+    expires_at: npt.NDArray[np.int64] | None = None
+    #: Row of each id in `ids`, to answer lookups of stored vectors by id.
+    rows_by_id: dict[str, int] | None = None
+    #: PostgreSQL: the version of the user's last change that was not an append, and the highest
+    #: `seq` held. While the first stays put, the partition is brought up to date by appending rows.
+    reset: int = 0
+    max_seq: int = 0
 
     @property
     def nbytes(self) -> int:
-        return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * 16)
+        per_row = 16 + (0 if self.ids is None else 80) + (0 if self.expires_at is None else 8)
+        per_row += 0 if self.rows_by_id is None else 100
+        return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * per_row)
 
-    def mask(self, agent_id: str | None, run_id: str | None, as_of: int | None) -> npt.NDArray[np.bool_]:
+    def extended(self, extra: Partition) -> Partition:
+        """This partition with `extra`'s rows appended (a later version of the same user)."""
+        assert self.ids is not None and extra.ids is not None and self.expires_at is not None
+        assert extra.expires_at is not None
+        n = len(self.rowids)
+        rows_by_id = None
+        if self.rows_by_id is not None and extra.rows_by_id is not None:
+            rows_by_id = self.rows_by_id | {id: n + row for id, row in extra.rows_by_id.items()}
+        return replace(
+            extra,
+            rowids=np.arange(n + len(extra.rowids), dtype=np.int64),
+            matrix=np.concatenate([self.matrix, extra.matrix]),
+            agent=np.concatenate([self.agent, extra.agent]),
+            run=np.concatenate([self.run, extra.run]),
+            valid_from=np.concatenate([self.valid_from, extra.valid_from]),
+            valid_to=np.concatenate([self.valid_to, extra.valid_to]),
+            ids=np.concatenate([self.ids, extra.ids]),
+            expires_at=np.concatenate([self.expires_at, extra.expires_at]),
+            rows_by_id=rows_by_id,
+            max_seq=max(self.max_seq, extra.max_seq),
+        )
+
+    def mask(
+        self, agent_id: str | None, run_id: str | None, as_of: int | None, now: int | None = None
+    ) -> npt.NDArray[np.bool_]:
         if as_of is None:
             keep: npt.NDArray[np.bool_] = self.valid_to == OPEN_END
         else:
             keep = (self.valid_from <= as_of) & (self.valid_to > as_of)
+        if now is not None and self.expires_at is not None:
+            keep &= self.expires_at > now
+        return keep & self.scope_mask(agent_id, run_id)
+
+    def scope_mask(self, agent_id: str | None, run_id: str | None) -> npt.NDArray[np.bool_]:
+        """The rows of the agent and run (each when given), whatever their validity."""
+        keep = np.ones(len(self.rowids), dtype=np.bool_)
         if agent_id is not None:
             keep &= self.agent == agent_id
         if run_id is not None:
             keep &= self.run == run_id
         return keep
+
+
+def current_partition(
+    version: int,
+    matrix: npt.NDArray[np.float32],
+    *,
+    ids: npt.NDArray[np.object_],
+    agent: npt.NDArray[np.object_],
+    run: npt.NDArray[np.object_],
+    expires_at: npt.NDArray[np.int64],
+    reset: int = 0,
+    max_seq: int = 0,
+) -> Partition:
+    """A partition of current memories only, rows named by position (`ids[rowid]`)."""
+    n = len(matrix)
+    return Partition(
+        version=version,
+        rowids=np.arange(n, dtype=np.int64),
+        matrix=matrix,
+        agent=agent,
+        run=run,
+        valid_from=np.zeros(n, dtype=np.int64),
+        valid_to=np.full(n, OPEN_END, dtype=np.int64),
+        ids=ids,
+        expires_at=expires_at,
+        rows_by_id={id: row for row, id in enumerate(ids.tolist())},
+        reset=reset,
+        max_seq=max_seq,
+    )
 
 
 class VectorCache:
@@ -72,8 +155,27 @@ class VectorCache:
             self._entries.move_to_end(name)
             return entry
 
+    def peek(self, name: str) -> Partition | None:
+        """The cached partition, whatever its version (to bring it up to date)."""
+        with self._lock:
+            return self._entries.get(name)
+
+    def recent(self, prefix: str, limit: int) -> list[tuple[str, Partition]]:
+        """Up to `limit` cached partitions whose names start with `prefix`, most recently used first."""
+        with self._lock:
+            found = []
+            for name in reversed(self._entries):
+                if name.startswith(prefix):
+                    found.append((name, self._entries[name]))
+                    if len(found) == limit:
+                        break
+            return found
+
     def put(self, name: str, partition: Partition) -> None:
         with self._lock:
+            current = self._entries.get(name)
+            if current is not None and current.version > partition.version:
+                return  # a concurrent search already cached a newer snapshot
             old = self._entries.pop(name, None)
             if old is not None:
                 self._bytes -= old.nbytes
