@@ -1108,9 +1108,7 @@ class PostgresStore(Store):
         return {table: int(self._fetch(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
 
 
-def _bump_versions(
-    cur: Cursor, tenant_id: str, users: set[str | None], *, reset: bool
-) -> None:
+def _bump_versions(cur: Cursor, tenant_id: str, users: set[str | None], *, reset: bool) -> None:
     """Mark the users' memories changed (see vector_index.py); call in the transaction that changes them.
 
     `reset=False` promises that the transaction only adds memories of these users, and must come before
