@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .async_bridge import run_async
 from .models import ChatMessage, Scope
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .memory import Memory
@@ -17,7 +21,6 @@ class Session:
     def __init__(self, memory: Memory, scope: Scope) -> None:
         self._memory = memory
         self.scope = scope
-        self._native = memory.store.native_async
 
     @property
     def messages(self) -> list[ChatMessage]:
@@ -36,13 +39,17 @@ class Session:
         """Delete this session's messages; returns how many there were."""
         return self._memory.clear_messages(self.scope)
 
+    async def _awaited(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn` as `AsyncMemory` runs it: on the event loop over PostgreSQL, in a thread over SQLite."""
+        return await run_async(self._memory.store.native_async, fn, *args, **kwargs)
+
     async def aget_messages(self) -> list[ChatMessage]:
-        return await run_async(self._native, self._memory.messages, self.scope)
+        return await self._awaited(self._memory.messages, self.scope)
 
     async def aadd_message(
         self, role: str, content: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
     ) -> ChatMessage:
-        return await run_async(self._native, self._memory.add_message, self.scope, role, content, name, metadata)
+        return await self._awaited(self._memory.add_message, self.scope, role, content, name, metadata)
 
     async def aclear(self) -> int:
-        return await run_async(self._native, self._memory.clear_messages, self.scope)
+        return await self._awaited(self._memory.clear_messages, self.scope)

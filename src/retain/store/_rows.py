@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ..models import ChatMessage, MemoryRecord, Scope
 from ..timeutil import from_micros, opt_from_micros
@@ -32,6 +32,15 @@ OTHER_EXPORTS = (("event", "memory_events", EVENT_FIELDS), ("message", "messages
 _JSON_FIELDS = frozenset({"metadata", "source_message_ids"})
 #: Absent from exports made before the field existed.
 _OPTIONAL_FIELDS = frozenset({"index_text"})
+
+
+T = TypeVar("T")
+
+
+def in_order(ids: Sequence[str], rows: Sequence[Sequence[Any]], decode: Callable[[Sequence[Any]], T]) -> list[T]:
+    """Decode rows whose first column is the id, in the order of `ids`; ids without a row are left out."""
+    by_id = {row[0]: decode(row) for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def columns(fields: Sequence[str], alias: str = "") -> str:

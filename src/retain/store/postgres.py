@@ -619,8 +619,7 @@ class PostgresStore(Store):
             f"{_BY_ID.format(table='memories')} SELECT {_MEMORY_COLUMNS} FROM hit m WHERE m.tenant_id = %s",
             (list(ids), tenant_id),
         )
-        by_id = {row[0]: _record(row) for row in rows}
-        return [by_id[i] for i in ids if i in by_id]
+        return _rows.in_order(ids, rows, _record)
 
     def list_memories(
         self, scope: Scope, where: Filter | None, include_superseded: bool, limit: int, after: int | None
@@ -946,8 +945,7 @@ class PostgresStore(Store):
             f"{_BY_ID.format(table='messages')} SELECT {_MESSAGE_COLUMNS} FROM hit m WHERE m.tenant_id = %s",
             (list(ids), tenant_id),
         )
-        by_id = {r[0]: _chat(r) for r in rows}
-        return [by_id[i] for i in ids if i in by_id]
+        return _rows.in_order(ids, rows, _chat)
 
     # -- jobs -------------------------------------------------------------------------
 

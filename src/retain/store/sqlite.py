@@ -408,8 +408,7 @@ class SQLiteStore(Store):
             )
             .fetchall()
         )
-        by_id = {row[0]: _record(row) for row in rows}
-        return [by_id[i] for i in ids if i in by_id]
+        return _rows.in_order(ids, rows, _record)
 
     def list_memories(
         self, scope: Scope, where: Filter | None, include_superseded: bool, limit: int, after: int | None
@@ -714,8 +713,7 @@ class SQLiteStore(Store):
             )
             .fetchall()
         )
-        by_id = {r[0]: _chat(r) for r in rows}
-        return [by_id[i] for i in ids if i in by_id]
+        return _rows.in_order(ids, rows, _chat)
 
     # -- jobs -------------------------------------------------------------------------
 
