@@ -347,6 +347,43 @@ def test_a_cache_brought_up_to_date_by_appends_answers_like_a_fresh_one(make_sto
     assert searches(writer) == searches(reader)
 
 
+def test_concurrent_adds_updates_and_purges_of_one_user_neither_deadlock_nor_leave_caches_stale(
+    make_store: StoreFactory,
+) -> None:
+    """Writers of one user queue on its version row; a reader's cache ends equal to the table."""
+    stores = [make_store() for _ in range(4)]
+    reader = make_store()
+    errors: list[BaseException] = []
+
+    def writer(s: Store, n: int) -> None:
+        try:
+            for i in range(6):
+                add(s, new_memory(f"w{n}-{i}", f"tea {n} {i}", unit(1, n, i)), at=10 + i)
+                if i % 2:
+                    update(
+                        s,
+                        f"w{n}-{i}",
+                        new_memory(f"w{n}-{i}b", f"tea {n} {i}b", unit(1, i, n), lineage=f"w{n}-{i}"),
+                        30 + i,
+                    )
+                if i % 3 == 2:
+                    s.purge_lineage("t1", f"w{n}-{i - 1}")
+                reader.vector_search(scope(), unit(1), 50, None, None, 100)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    current = {r.id for r in reader.list_memories(scope(), None, False, 100, None)[0]}
+    assert set(ids_of(reader.vector_search(scope(), unit(1), 100, None, None, 100))) == current
+    assert set(ids_of(reader.keyword_search(scope(), "tea", 100, None, None, 100))) == current
+    assert reader.check_integrity() == []
+
+
 def test_search_respects_agent_run_filters_and_expiry(store: Store) -> None:
     add(
         store,

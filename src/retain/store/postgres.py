@@ -422,8 +422,11 @@ class PostgresStore(Store):
                 cur.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}\x1f{user}\x1f{agent}",)
                 )
-            # Before the inserts: a user's inserts then commit in `seq` order (see `_cached`).
-            _bump_versions(cur, tenant_id, {m.scope.user_id for m in batch.memories}, reset=False)
+            # First (after the dedup locks): a user's inserts then commit in `seq` order (see `_cached`).
+            ended = [s.old_id for s in batch.supersede] + [i.id for i in batch.invalidate]
+            _bump_versions(
+                cur, tenant_id, {m.scope.user_id for m in batch.memories}, self._users_of(cur, tenant_id, ended)
+            )
             if not dedup_scopes:
                 cur.executemany(_INSERT_MEMORY, [self._memory_row(tenant_id, m, batch.at) for m in batch.memories])
             for mem in batch.memories if dedup_scopes else []:
@@ -432,11 +435,10 @@ class PostgresStore(Store):
                     cur.execute(_INSERT_MEMORY, self._memory_row(tenant_id, mem, batch.at))
                 else:
                     duplicates[mem.id] = match
-            changed: set[str | None] = set()
             for sup in batch.supersede:
-                changed.add(self._end_validity(cur, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id))
+                self._end_validity(cur, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id)
             for inv in batch.invalidate:
-                changed.add(self._end_validity(cur, tenant_id, inv.id, inv.valid_to, batch.at, None))
+                self._end_validity(cur, tenant_id, inv.id, inv.valid_to, batch.at, None)
             touched = [*batch.touch, *(existing for existing, _ in duplicates.values())]
             if touched:
                 cur.execute(
@@ -491,7 +493,6 @@ class PostgresStore(Store):
                         for j in batch.jobs
                     ],
                 )
-            _bump_versions(cur, tenant_id, changed, reset=True)
         return WriteOutcome(duplicates=duplicates)
 
     @staticmethod
@@ -557,17 +558,25 @@ class PostgresStore(Store):
         valid_to: int,
         at: int,
         superseded_by: str | None,
-    ) -> str | None:
-        """End a current memory's validity; returns its user."""
+    ) -> None:
         cur.execute(
             "UPDATE memories SET valid_to = %s, superseded_by = %s, updated_at = %s "
-            "WHERE id = %s AND tenant_id = %s AND valid_to IS NULL RETURNING user_id",
+            "WHERE id = %s AND tenant_id = %s AND valid_to IS NULL",
             (valid_to, superseded_by, at, id, tenant_id),
         )
-        row = cur.fetchone()
-        if row is None:
+        if cur.rowcount != 1:
             raise StoreError(f"Memory {id!r} is not current any more (changed concurrently); retry the operation.")
-        return None if row[0] is None else str(row[0])
+
+    @staticmethod
+    def _users_of(cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, ids: Sequence[str]) -> set[str | None]:
+        """The users whose memories these are (a memory never changes user)."""
+        if not ids:
+            return set()
+        cur.execute(
+            "SELECT DISTINCT user_id FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
+            (tenant_id, list(ids)),
+        )
+        return {r[0] for r in cur.fetchall()}
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
         if not counts:
@@ -856,23 +865,27 @@ class PostgresStore(Store):
 
     def purge_lineage(self, tenant_id: str, lineage_id: str) -> PurgeCounts:
         with self._tx() as conn, conn.cursor() as cur:
-            cur.execute(
-                "DELETE FROM memories WHERE tenant_id = %s AND lineage_id = %s RETURNING user_id",
-                (tenant_id, lineage_id),
-            )
+            where, params = "tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id)
+            cur.execute(f"SELECT DISTINCT user_id FROM memories WHERE {where}", params)
+            users = {r[0] for r in cur.fetchall()}
+            _bump_versions(cur, tenant_id, set(), users)
+            cur.execute(f"DELETE FROM memories WHERE {where} RETURNING user_id", params)
             memories = cur.rowcount
-            _bump_versions(cur, tenant_id, {r[0] for r in cur.fetchall()}, reset=True)
+            _bump_versions(cur, tenant_id, set(), {r[0] for r in cur.fetchall()} - users)  # added meanwhile
             cur.execute("DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id))
             return PurgeCounts(memories=memories, vectors=memories, keyword_rows=memories, events=cur.rowcount)
 
     def purge_scope(self, scope: Scope) -> PurgeCounts:
         ssql, sparams = _scope_sql(scope)
         with self._tx() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT DISTINCT m.user_id FROM memories m WHERE {ssql}", sparams)
+            users = {r[0] for r in cur.fetchall()}
+            _bump_versions(cur, scope.tenant_id, set(), users)
             cur.execute(f"DELETE FROM memories m WHERE {ssql} RETURNING m.lineage_id, m.user_id", sparams)
             deleted = cur.fetchall()
             lineages = sorted({str(r[0]) for r in deleted})
             memories = cur.rowcount
-            _bump_versions(cur, scope.tenant_id, {r[1] for r in deleted}, reset=True)
+            _bump_versions(cur, scope.tenant_id, set(), {r[1] for r in deleted} - users)  # added meanwhile
             cur.execute(
                 "DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = ANY(%s::text[])",
                 (scope.tenant_id, lineages),
@@ -1034,15 +1047,14 @@ class PostgresStore(Store):
     def import_rows(self, tenant_id: str, rows: Sequence[dict[str, Any]], embeddings: Vector) -> int:
         inserted = 0
         vectors = iter(embeddings)
-        changed: set[str | None] = set()
         with self._tx() as conn, conn.cursor() as cur:
+            _bump_versions(cur, tenant_id, set(), {row["user_id"] for row in rows if row["type"] == "memory"})
             for row in rows:
                 kind = row["type"]
                 if kind == "memory":
                     _check_key_size(tenant_id, row["user_id"], row["id"])
                     values = _rows.imported(tenant_id, MEMORY_FIELDS, row)
                     cur.execute(_INSERT_MEMORY, (*values, _unit(next(vectors))))
-                    changed.add(row["user_id"])
                     inserted += 1
                 elif kind == "event":
                     cur.execute(_INSERT_EVENT, _rows.imported(tenant_id, EVENT_FIELDS, row))
@@ -1050,7 +1062,6 @@ class PostgresStore(Store):
                 elif kind == "message":
                     cur.execute(_IMPORT_MESSAGE, _rows.imported(tenant_id, MESSAGE_FIELDS, row))
                     inserted += cur.rowcount
-            _bump_versions(cur, tenant_id, changed, reset=True)
         return inserted
 
     # -- integrity --------------------------------------------------------------------
@@ -1078,21 +1089,23 @@ class PostgresStore(Store):
 
 
 def _bump_versions(
-    cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, users: set[str | None], *, reset: bool
+    cur: psycopg.Cursor[tuple[Any, ...]], tenant_id: str, added: set[str | None], changed: set[str | None]
 ) -> None:
-    """Mark the users' memories changed (see vector_index.py); call in the transaction that changes them.
+    """Mark users' memories changed (see vector_index.py), first thing in the transaction that changes them.
 
-    `reset=False` promises that the transaction only adds memories of these users, and must come before
-    it inserts them. Users are locked in sorted order, so two transactions bumping the same users never
-    wait on each other in a cycle.
+    `added`: users who only gain memories in it; `changed`: users whose memories it ends or removes.
+    Every writer takes these row locks first, in one statement and in sorted order, before any lock on
+    a memory, so writers of the same user queue here and never deadlock with each other.
     """
-    keys = sorted({user or "" for user in users})
-    if keys:
+    flags = {user or "": False for user in added} | {user or "": True for user in changed}
+    if flags:
+        keys = sorted(flags)
         cur.execute(
             "INSERT INTO partition_versions AS p (tenant_id, user_id, version, reset) "
-            "SELECT %s, u, 1, %s FROM unnest(%s::text[]) AS u ORDER BY u ON CONFLICT (tenant_id, user_id) "
-            "DO UPDATE SET version = p.version + 1, reset = CASE WHEN %s THEN p.version + 1 ELSE p.reset END",
-            (tenant_id, int(reset), keys, reset),
+            "SELECT %s, u, 1, r::int FROM unnest(%s::text[], %s::bool[]) AS t (u, r) ORDER BY u "
+            "ON CONFLICT (tenant_id, user_id) DO UPDATE "
+            "SET version = p.version + 1, reset = CASE WHEN excluded.reset = 1 THEN p.version + 1 ELSE p.reset END",
+            (tenant_id, keys, [flags[k] for k in keys]),
         )
 
 
