@@ -322,8 +322,8 @@ def test_searches_follow_every_write_made_through_another_instance(make_store: S
     assert found() == ["x"]
 
 
-def test_a_cache_brought_up_to_date_by_appends_answers_like_a_fresh_one(make_store: StoreFactory) -> None:
-    """A cached user who only gained memories is extended in place; it must answer exactly like a reload."""
+def test_a_cache_brought_up_to_date_answers_like_a_fresh_one(make_store: StoreFactory) -> None:
+    """A cached user is brought up to date after additions and after an update; it must answer like a reload."""
     reader, writer = make_store(), make_store()
     rng = np.random.default_rng(3)
     words = ["tea", "cake", "dog", "lake", "walk", "garden", "coffee", "rain"]
@@ -341,7 +341,7 @@ def test_a_cache_brought_up_to_date_by_appends_answers_like_a_fresh_one(make_sto
             text = " ".join(rng.choice(words, size=int(rng.integers(1, 6))))
             batch.append(new_memory(f"r{round_}-{i}", f"{text} {round_}", v / np.linalg.norm(v)))
         add(writer, *batch, at=10 + round_)
-        if round_ == 2:  # a change that is not an append: the next read reloads
+        if round_ == 2:  # not only additions: a memory is ended too
             update(writer, "r0-0", new_memory("r0-0b", "tea tea rain", unit(1, 0.5), lineage="r0-0"), at=20)
         assert searches(reader) == searches(make_store()), round_
     assert searches(writer) == searches(reader)

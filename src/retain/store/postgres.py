@@ -97,6 +97,13 @@ _VERSION_SQL = (
     "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0), "
     "coalesce((SELECT reset FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
 )
+#: The (id, valid_to) of each row a cached partition of each kind holds, as JSON. Takes (tenant, user).
+_MEMBERS_SQL = {
+    "vectors": "SELECT json_agg(json_build_array(m.id, NULL)) FROM memories m "
+    "WHERE m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
+    "postings": "SELECT json_agg(json_build_array(m.id, m.valid_to)) FROM memories m "
+    "WHERE m.tenant_id = %s AND m.user_id = %s",
+}
 #: The versions and the user's highest `seq` (to read only later rows next time). Takes (tenant, user) 3x.
 _VERSIONS_AND_SEQ = f"SELECT {_VERSION_SQL}, (SELECT max(seq) FROM memories WHERE tenant_id = %s AND user_id = %s)"
 #: What a cached partition of each kind is read from, in one statement (one snapshot): the versions and
@@ -724,14 +731,16 @@ class PostgresStore(Store):
         if cached is not None:
             return cached, row[2:], allowed
         base = self._vectors.peek(name)
-        if base is not None and (base.reset != int(row[1]) or base.version > int(row[0])):
+        if base is not None and base.version > int(row[0]):
             base = None
         sql = f"SELECT v.*, {_LOAD_SQL[kind]}".format(versions=_VERSIONS_AND_SEQ)
-        if base is not None:  # only the memories added since (a full read can use an index-only scan)
+        if base is not None and base.reset == int(row[1]):  # only additions: read just the new rows
             rows = self._fetch(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq))
             if base.reset != int(rows[0][1]):  # something was removed since the first read
-                base = None
-        if base is None:
+                rows, base = self._refresh(kind, key, base, sql)
+        elif base is not None:  # removals too: which rows are left, and the new ones, in one snapshot
+            rows, base = self._refresh(kind, key, base, sql)
+        else:
             rows = self._fetch(sql, (*key, *key, *key, *key))
         version, reset, max_seq = int(rows[0][0]), int(rows[0][1]), int(rows[0][2] or 0)
         partition = load(version, reset, max_seq, [r[3:] for r in rows if r[3] is not None])
@@ -739,6 +748,21 @@ class PostgresStore(Store):
             partition = base.extended(partition)
         self._vectors.put(name, partition)
         return partition, row[2:], allowed
+
+    def _refresh(
+        self, kind: str, key: tuple[str, str], base: Partition, sql: str
+    ) -> tuple[list[tuple[Any, ...]], Partition]:
+        """The rows added after `base` and `base` without what has been ended or removed since.
+
+        Reads the ids (and validity) of the user's rows the partition holds, which costs far less than
+        reading the rows again (no vectors or lexemes), and the new rows, in one snapshot.
+        """
+        members = _MEMBERS_SQL[kind]
+        with self._tx("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") as conn:
+            found = conn.execute(members, key).fetchone()
+            rows = conn.execute(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq)).fetchall()
+        valid_to = {str(id): end for id, end in (found[0] if found and found[0] else [])}
+        return rows, base.restricted(valid_to)
 
     def _load_vectors(self, version: int, reset: int, max_seq: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
         n = len(rows)
