@@ -711,8 +711,9 @@ class PostgresStore(Store):
         the partition, the columns read after the versions, and those ids. If the user only gained
         memories since the cached version, only those are read and appended (rows are added in `seq`
         order: writers bump the version before they insert, so a user's inserts commit one after
-        another); otherwise the whole partition is read. Either read takes the versions with the rows,
-        in one statement (one snapshot), and happens outside the cache's lock.
+        another); if memories were also ended or removed, the ids still there are read as well
+        (`_refresh`); a partition not cached yet is read whole. Every read takes the versions with the
+        rows in one snapshot, and happens outside the cache's lock.
         """
         assert scope.user_id is not None
         key = (scope.tenant_id, scope.user_id)
