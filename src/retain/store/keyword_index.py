@@ -79,6 +79,26 @@ class Postings(Partition):
             lengths=np.concatenate([self.lengths, extra.lengths]),
         )
 
+    def restricted(self, valid_to: dict[str, int | None]) -> Postings:
+        """As `Partition.restricted`, with the dropped rows' postings removed."""
+        assert self.vocabulary is not None and self.offsets is not None and self.docs is not None
+        assert self.counts is not None and self.lengths is not None
+        keep = self.kept(valid_to)
+        rows = super().restricted(valid_to)
+        assert isinstance(rows, Postings)
+        position = np.cumsum(keep) - 1
+        entries = keep[self.docs]
+        codes = np.repeat(np.arange(len(self.vocabulary), dtype=np.int64), np.diff(self.offsets))[entries]
+        offsets = np.zeros(len(self.vocabulary) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(codes, minlength=len(self.vocabulary)), out=offsets[1:])
+        return replace(
+            rows,
+            offsets=offsets,
+            docs=position[self.docs[entries]].astype(np.int32),
+            counts=self.counts[entries],
+            lengths=self.lengths[keep],
+        )
+
     def postings(self, lexeme: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None:
         assert self.vocabulary is not None and self.offsets is not None
         assert self.docs is not None and self.counts is not None

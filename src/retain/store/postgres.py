@@ -106,6 +106,13 @@ _VERSION_SQL = (
     "coalesce((SELECT version FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0), "
     "coalesce((SELECT reset FROM partition_versions WHERE tenant_id = %s AND user_id = %s), 0)"
 )
+#: The (id, valid_to) of each row a cached partition of each kind holds, as JSON. Takes (tenant, user).
+_MEMBERS_SQL = {
+    "vectors": "SELECT json_agg(json_build_array(m.id, NULL)) FROM memories m "
+    "WHERE m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
+    "postings": "SELECT json_agg(json_build_array(m.id, m.valid_to)) FROM memories m "
+    "WHERE m.tenant_id = %s AND m.user_id = %s",
+}
 #: The versions and the user's highest `seq` (to read only later rows next time). Takes (tenant, user) 3x.
 _VERSIONS_AND_SEQ = f"SELECT {_VERSION_SQL}, (SELECT max(seq) FROM memories WHERE tenant_id = %s AND user_id = %s)"
 #: What a cached partition of each kind is read from, in one statement (one snapshot): the versions and
@@ -455,8 +462,11 @@ class PostgresStore(Store):
                 cur.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}\x1f{user}\x1f{agent}",)
                 )
-            # Before the inserts: a user's inserts then commit in `seq` order (see `_cached`).
-            _bump_versions(cur, tenant_id, {m.scope.user_id for m in batch.memories}, reset=False)
+            # First (after the dedup locks): a user's inserts then commit in `seq` order (see `_cached`).
+            ended = [s.old_id for s in batch.supersede] + [i.id for i in batch.invalidate]
+            _bump_versions(
+                cur, tenant_id, {m.scope.user_id for m in batch.memories}, self._users_of(cur, tenant_id, ended)
+            )
             if not dedup_scopes:
                 cur.executemany(_INSERT_MEMORY, [self._memory_row(tenant_id, m, batch.at) for m in batch.memories])
             for mem in batch.memories if dedup_scopes else []:
@@ -465,11 +475,10 @@ class PostgresStore(Store):
                     cur.execute(_INSERT_MEMORY, self._memory_row(tenant_id, mem, batch.at))
                 else:
                     duplicates[mem.id] = match
-            changed: set[str | None] = set()
             for sup in batch.supersede:
-                changed.add(self._end_validity(cur, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id))
+                self._end_validity(cur, tenant_id, sup.old_id, sup.valid_to, batch.at, sup.new_id)
             for inv in batch.invalidate:
-                changed.add(self._end_validity(cur, tenant_id, inv.id, inv.valid_to, batch.at, None))
+                self._end_validity(cur, tenant_id, inv.id, inv.valid_to, batch.at, None)
             touched = [*batch.touch, *(existing for existing, _ in duplicates.values())]
             if touched:
                 cur.execute(
@@ -524,7 +533,6 @@ class PostgresStore(Store):
                         for j in batch.jobs
                     ],
                 )
-            _bump_versions(cur, tenant_id, changed, reset=True)
         return WriteOutcome(duplicates=duplicates)
 
     @staticmethod
@@ -588,17 +596,25 @@ class PostgresStore(Store):
         valid_to: int,
         at: int,
         superseded_by: str | None,
-    ) -> str | None:
-        """End a current memory's validity; returns its user."""
+    ) -> None:
         cur.execute(
             "UPDATE memories SET valid_to = %s, superseded_by = %s, updated_at = %s "
-            "WHERE id = %s AND tenant_id = %s AND valid_to IS NULL RETURNING user_id",
+            "WHERE id = %s AND tenant_id = %s AND valid_to IS NULL",
             (valid_to, superseded_by, at, id, tenant_id),
         )
-        row = cur.fetchone()
-        if row is None:
+        if cur.rowcount != 1:
             raise StoreError(f"Memory {id!r} is not current any more (changed concurrently); retry the operation.")
-        return None if row[0] is None else str(row[0])
+
+    @staticmethod
+    def _users_of(cur: Cursor, tenant_id: str, ids: Sequence[str]) -> set[str | None]:
+        """The users whose memories these are (a memory never changes user)."""
+        if not ids:
+            return set()
+        cur.execute(
+            "SELECT DISTINCT user_id FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
+            (tenant_id, list(ids)),
+        )
+        return {r[0] for r in cur.fetchall()}
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
         if not counts:
@@ -725,8 +741,9 @@ class PostgresStore(Store):
         the partition, the columns read after the versions, and those ids. If the user only gained
         memories since the cached version, only those are read and appended (rows are added in `seq`
         order: writers bump the version before they insert, so a user's inserts commit one after
-        another); otherwise the whole partition is read. Either read takes the versions with the rows,
-        in one statement (one snapshot), and happens outside the cache's lock.
+        another); if memories were also ended or removed, the ids still there are read as well
+        (`_refresh`); a partition not cached yet is read whole. Every read takes the versions with the
+        rows in one snapshot, and happens outside the cache's lock.
         """
         assert scope.user_id is not None
         key = (scope.tenant_id, scope.user_id)
@@ -745,14 +762,16 @@ class PostgresStore(Store):
         if cached is not None:
             return cached, row[2:], allowed
         base = self._vectors.peek(name)
-        if base is not None and (base.reset != int(row[1]) or base.version > int(row[0])):
+        if base is not None and base.version > int(row[0]):
             base = None
         sql = f"SELECT v.*, {_LOAD_SQL[kind]}".format(versions=_VERSIONS_AND_SEQ)
-        if base is not None:  # only the memories added since (a full read can use an index-only scan)
+        if base is not None and base.reset == int(row[1]):  # only additions: read just the new rows
             rows = self._fetch(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq))
             if base.reset != int(rows[0][1]):  # something was removed since the first read
-                base = None
-        if base is None:
+                rows, base = self._refresh(kind, key, base, sql)
+        elif base is not None:  # removals too: which rows are left, and the new ones, in one snapshot
+            rows, base = self._refresh(kind, key, base, sql)
+        else:
             rows = self._fetch(sql, (*key, *key, *key, *key))
         version, reset, max_seq = int(rows[0][0]), int(rows[0][1]), int(rows[0][2] or 0)
         partition = load(version, reset, max_seq, [r[3:] for r in rows if r[3] is not None])
@@ -760,6 +779,21 @@ class PostgresStore(Store):
             partition = base.extended(partition)
         self._vectors.put(name, partition)
         return partition, row[2:], allowed
+
+    def _refresh(
+        self, kind: str, key: tuple[str, str], base: Partition, sql: str
+    ) -> tuple[list[tuple[Any, ...]], Partition]:
+        """The rows added after `base` and `base` without what has been ended or removed since.
+
+        Reads the ids (and validity) of the user's rows the partition holds, which costs far less than
+        reading the rows again (no vectors or lexemes), and the new rows, in one snapshot.
+        """
+        members = _MEMBERS_SQL[kind]
+        with self._tx("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") as conn:
+            found = conn.execute(members, key).fetchone()
+            rows = conn.execute(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq)).fetchall()
+        valid_to = {str(id): end for id, end in (found[0] if found and found[0] else [])}
+        return rows, base.restricted(valid_to)
 
     def _load_vectors(self, version: int, reset: int, max_seq: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
         n = len(rows)
@@ -886,23 +920,27 @@ class PostgresStore(Store):
 
     def purge_lineage(self, tenant_id: str, lineage_id: str) -> PurgeCounts:
         with self._tx() as conn, conn.cursor() as cur:
-            cur.execute(
-                "DELETE FROM memories WHERE tenant_id = %s AND lineage_id = %s RETURNING user_id",
-                (tenant_id, lineage_id),
-            )
+            where, params = "tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id)
+            cur.execute(f"SELECT DISTINCT user_id FROM memories WHERE {where}", params)
+            users = {r[0] for r in cur.fetchall()}
+            _bump_versions(cur, tenant_id, set(), users)
+            cur.execute(f"DELETE FROM memories WHERE {where} RETURNING user_id", params)
             memories = cur.rowcount
-            _bump_versions(cur, tenant_id, {r[0] for r in cur.fetchall()}, reset=True)
+            _bump_versions(cur, tenant_id, set(), {r[0] for r in cur.fetchall()} - users)  # added meanwhile
             cur.execute("DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id))
             return PurgeCounts(memories=memories, vectors=memories, keyword_rows=memories, events=cur.rowcount)
 
     def purge_scope(self, scope: Scope) -> PurgeCounts:
         ssql, sparams = _scope_sql(scope)
         with self._tx() as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT DISTINCT m.user_id FROM memories m WHERE {ssql}", sparams)
+            users = {r[0] for r in cur.fetchall()}
+            _bump_versions(cur, scope.tenant_id, set(), users)
             cur.execute(f"DELETE FROM memories m WHERE {ssql} RETURNING m.lineage_id, m.user_id", sparams)
             deleted = cur.fetchall()
             lineages = sorted({str(r[0]) for r in deleted})
             memories = cur.rowcount
-            _bump_versions(cur, scope.tenant_id, {r[1] for r in deleted}, reset=True)
+            _bump_versions(cur, scope.tenant_id, set(), {r[1] for r in deleted} - users)  # added meanwhile
             cur.execute(
                 "DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = ANY(%s::text[])",
                 (scope.tenant_id, lineages),
@@ -1063,15 +1101,14 @@ class PostgresStore(Store):
     def import_rows(self, tenant_id: str, rows: Sequence[dict[str, Any]], embeddings: Vector) -> int:
         inserted = 0
         vectors = iter(embeddings)
-        changed: set[str | None] = set()
         with self._tx() as conn, conn.cursor() as cur:
+            _bump_versions(cur, tenant_id, set(), {row["user_id"] for row in rows if row["type"] == "memory"})
             for row in rows:
                 kind = row["type"]
                 if kind == "memory":
                     _check_key_size(tenant_id, row["user_id"], row["id"])
                     values = _rows.imported(tenant_id, MEMORY_FIELDS, row)
                     cur.execute(_INSERT_MEMORY, (*values, _unit(next(vectors))))
-                    changed.add(row["user_id"])
                     inserted += 1
                 elif kind == "event":
                     cur.execute(_INSERT_EVENT, _rows.imported(tenant_id, EVENT_FIELDS, row))
@@ -1079,7 +1116,6 @@ class PostgresStore(Store):
                 elif kind == "message":
                     cur.execute(_IMPORT_MESSAGE, _rows.imported(tenant_id, MESSAGE_FIELDS, row))
                     inserted += cur.rowcount
-            _bump_versions(cur, tenant_id, changed, reset=True)
         return inserted
 
     # -- integrity --------------------------------------------------------------------
@@ -1106,20 +1142,22 @@ class PostgresStore(Store):
         return {table: int(self._fetch(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
 
 
-def _bump_versions(cur: Cursor, tenant_id: str, users: set[str | None], *, reset: bool) -> None:
-    """Mark the users' memories changed (see vector_index.py); call in the transaction that changes them.
+def _bump_versions(cur: Cursor, tenant_id: str, added: set[str | None], changed: set[str | None]) -> None:
+    """Mark users' memories changed (see vector_index.py), first thing in the transaction that changes them.
 
-    `reset=False` promises that the transaction only adds memories of these users, and must come before
-    it inserts them. Users are locked in sorted order, so two transactions bumping the same users never
-    wait on each other in a cycle.
+    `added`: users who only gain memories in it; `changed`: users whose memories it ends or removes.
+    Every writer takes these row locks first, in one statement and in sorted order, before any lock on
+    a memory, so writers of the same user queue here and never deadlock with each other.
     """
-    keys = sorted({user or "" for user in users})
-    if keys:
+    flags = {user or "": False for user in added} | {user or "": True for user in changed}
+    if flags:
+        keys = sorted(flags)
         cur.execute(
             "INSERT INTO partition_versions AS p (tenant_id, user_id, version, reset) "
-            "SELECT %s, u, 1, %s FROM unnest(%s::text[]) AS u ORDER BY u ON CONFLICT (tenant_id, user_id) "
-            "DO UPDATE SET version = p.version + 1, reset = CASE WHEN %s THEN p.version + 1 ELSE p.reset END",
-            (tenant_id, int(reset), keys, reset),
+            "SELECT %s, u, 1, r::int FROM unnest(%s::text[], %s::bool[]) AS t (u, r) ORDER BY u "
+            "ON CONFLICT (tenant_id, user_id) DO UPDATE "
+            "SET version = p.version + 1, reset = CASE WHEN excluded.reset = 1 THEN p.version + 1 ELSE p.reset END",
+            (tenant_id, keys, [flags[k] for k in keys]),
         )
 
 

@@ -88,6 +88,29 @@ class Partition:
             max_seq=max(self.max_seq, extra.max_seq),
         )
 
+    def kept(self, valid_to: dict[str, int | None]) -> npt.NDArray[np.bool_]:
+        assert self.ids is not None
+        return np.fromiter((id in valid_to for id in self.ids.tolist()), dtype=np.bool_, count=len(self.ids))
+
+    def restricted(self, valid_to: dict[str, int | None]) -> Partition:
+        """The rows whose id is in `valid_to`, with that validity end (None: current); the rest dropped."""
+        assert self.ids is not None and self.expires_at is not None
+        keep = self.kept(valid_to)
+        ids = self.ids[keep]
+        ends = (OPEN_END if valid_to[id] is None else valid_to[id] for id in ids.tolist())
+        return replace(
+            self,
+            rowids=np.arange(len(ids), dtype=np.int64),
+            matrix=self.matrix[keep],
+            agent=self.agent[keep],
+            run=self.run[keep],
+            valid_from=self.valid_from[keep],
+            valid_to=np.fromiter(ends, dtype=np.int64, count=len(ids)),
+            ids=ids,
+            expires_at=self.expires_at[keep],
+            rows_by_id=None if self.rows_by_id is None else {id: row for row, id in enumerate(ids.tolist())},
+        )
+
     def mask(
         self, agent_id: str | None, run_id: str | None, as_of: int | None, now: int | None = None
     ) -> npt.NDArray[np.bool_]:
