@@ -273,3 +273,34 @@ def test_a_query_naming_a_speaker_prefers_that_speakers_turns(tmp_path: Path) ->
                 assert hits[0].memory == first and hits[0].score > hits[1].score * 1.5
             else:
                 assert hits[0].score < hits[1].score * 1.5
+
+
+def test_a_date_in_the_query_prefers_memories_of_that_time_counted_from_at(tmp_path: Path) -> None:
+    asked = datetime(2023, 3, 25, 18, 0)
+    for boost in (1.0, 0.0):
+        settings = Settings(track_access=False, index_context_turns=0, time_boost=boost)
+        with Memory(str(tmp_path / f"t{boost}.db"), HashEmbedder(), settings=settings) as m:
+            m.add(["I bought a smoker"], user_id="u", infer=False, at=asked - timedelta(days=40))
+            m.add(["I bought a smoker"], user_id="u", infer=False, at=asked - timedelta(days=10))
+            hits = m.search("what did I buy 10 days ago", user_id="u", limit=2, at=asked).results
+            if boost:
+                assert hits[0].valid_from.date() == (asked - timedelta(days=10)).date()
+                assert hits[0].score > 1.5 * hits[1].score
+            else:
+                assert hits[0].score < 1.5 * hits[1].score
+            # Without `at` the query is asked now, and ten days ago holds nothing.
+            now = m.search("what did I buy 10 days ago", user_id="u", limit=2).results
+            assert now[0].score < 1.5 * now[1].score
+
+
+def test_memories_of_a_named_date_join_the_candidates_even_without_a_match(tmp_path: Path) -> None:
+    settings = Settings(track_access=False, index_context_turns=0)
+    at = datetime(2023, 5, 10, 12, 0)
+    with Memory(str(tmp_path / "c.db"), HashEmbedder(), settings=settings) as m:
+        m.add([f"kiwi number {i}" for i in range(120)], user_id="u", infer=False, at=at - timedelta(days=100))
+        m.add(["zzz qqq"], user_id="u", infer=False, at=at - timedelta(days=1))
+        assert "zzz qqq" in [h.memory for h in m.search("kiwi yesterday", user_id="u", limit=20, at=at).results]
+    off = Settings(track_access=False, index_context_turns=0, time_candidates=0)
+    with Memory(str(tmp_path / "c.db"), HashEmbedder(), settings=off) as m:
+        hits = m.search("kiwi yesterday", user_id="u", limit=20, at=at).results
+        assert "zzz qqq" not in [h.memory for h in hits]

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from retain.models import MemoryRecord
-from retain.ranking import Fused, boost_speakers, diversify, fuse, lift_neighbours
+from retain.ranking import Fused, admit, boost_in_windows, boost_speakers, diversify, fuse, lift_neighbours
 
 
 def _f(id: str, score: float) -> Fused:
@@ -83,3 +83,18 @@ def test_turns_of_a_speaker_the_query_names_are_boosted() -> None:
     out = boost_speakers("What did caroline research?", fused, records, 1.0)
     assert [(f.id, f.score) for f in out] == [("caro", 1.2), ("mel", 1.0), ("none", 0.55)]
     assert boost_speakers("What did Carol research?", fused, records, 1.0) == fused  # whole names only
+
+
+def test_memories_in_a_named_window_are_boosted() -> None:
+    fused = [_f("a", 1.0), _f("b", 0.6), _f("c", 0.4)]
+    out = boost_in_windows(fused, {"a": 5, "b": 10, "c": 20}, [(10, 20)], 1.0)
+    assert [(f.id, f.score) for f in out] == [("b", 1.2), ("a", 1.0), ("c", 0.4)]
+    assert boost_in_windows(fused, {"a": 5}, [], 1.0) == fused
+
+
+def test_admitted_candidates_score_as_a_vector_rank_alone_and_known_ones_keep_theirs() -> None:
+    from retain.store.base import Candidate
+
+    fused = fuse([Candidate("a", 0.9)], [Candidate("a", 3.0)], k=10, keyword_weight=2.0)
+    out = admit(fused, [Candidate("a", 0.9), Candidate("n", 0.5)], k=10, keyword_weight=2.0)
+    assert [(f.id, round(f.score, 4)) for f in out] == [("a", 1.0), ("n", round((1 / 12) / (3 / 11), 4))]

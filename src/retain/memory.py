@@ -19,9 +19,10 @@ from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
+from .dates import query_windows
 from .embedders import Embedder, embedder_from_spec
 from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, RetainError
-from .filters import Filter, parse_filters
+from .filters import And, Condition, Filter, Or, parse_filters
 from .indexing import index_texts, keyword_query, turn_line
 from .inputs import (
     MAX_LIMIT,
@@ -51,7 +52,7 @@ from .models import (
     SearchResult,
 )
 from .pipeline import InferenceInput, apply_outcome, decide, plan
-from .ranking import Fused, boost_speakers, diversify, fuse, lift_neighbours
+from .ranking import Fused, admit, boost_in_windows, boost_speakers, diversify, fuse, lift_neighbours
 from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 CANDIDATE_POOL = 50
 #: Candidates the speaker boost looks at, at least.
 SPEAKER_POOL = 20
+#: Candidates the time boost looks at, at least.
+TIME_POOL = 100
 #: Candidates re-ordered by maximal marginal relevance, at least.
 MMR_POOL = 50
 #: Turns on each side of a hit that neighbour expansion lifts.
@@ -281,13 +284,17 @@ class Memory:
         limit: int = 10,
         threshold: float | None = None,
         as_of: datetime | str | None = None,
+        at: datetime | str | None = None,
         explain: bool = False,
     ) -> SearchResult:
         """The memories most relevant to `query` in scope.
 
         `threshold` is the minimum cosine similarity between query and memory.
         `as_of` searches the memories that were valid at that time instead of
-        the current ones. `explain=True` fills `Hit.scores` with each signal.
+        the current ones. `at` is when the query is asked (default: now), the
+        day that dates in it such as "last Saturday" or "two weeks ago" count
+        from; unlike `as_of` it does not change which memories are searched.
+        `explain=True` fills `Hit.scores` with each signal.
         """
         scope = self._scope(user_id, agent_id, run_id)
         check_text(query, field="query", max_chars=self.settings.max_message_chars)
@@ -296,8 +303,9 @@ class Memory:
         if threshold is not None and (isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0):
             raise InvalidInputError(f"threshold must be a number from -1 to 1, got {threshold!r}.", field="threshold")
         as_of_us = None if as_of is None else time_or_now(as_of, field="as_of")
+        asked = time_or_now(at, field="at")
         hits = []
-        for f, record, similarity in self._rank(scope, query, limit, where, as_of_us, threshold):
+        for f, record, similarity in self._rank(scope, query, limit, where, as_of_us, threshold, asked):
             scores = None
             if explain:
                 scores = {"rrf": f.score, "vector": similarity}
@@ -319,6 +327,7 @@ class Memory:
         where: Filter | None = None,
         as_of: int | None = None,
         threshold: float | None = None,
+        asked: int | None = None,
     ) -> list[tuple[Fused, MemoryRecord, float]]:
         """Hybrid retrieval: vector KNN and BM25 in scope, fused by reciprocal rank."""
         now = now_micros()
@@ -327,6 +336,15 @@ class Memory:
         dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
         sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
         fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
+        windows = query_windows(query, from_micros(now if asked is None else asked)) if self.settings.time_boost else []
+        spans = [(to_micros(start), to_micros(end)) for start, end in windows]
+        if spans and self.settings.time_candidates:
+            # The memories of the named dates, by similarity alone: "what did I buy 10 days ago?" shares
+            # no words with "I just got a smoker today", so the whole-store search may not reach it.
+            in_spans: Filter = Or(tuple(And((_since(start), _until(end))) for start, end in spans))
+            narrowed = in_spans if where is None else And((where, in_spans))
+            extra = self.store.vector_search(scope, vector, self.settings.time_candidates, narrowed, as_of, now)
+            fused = admit(fused, extra, keyword_weight=self.settings.keyword_weight)
         if self.settings.neighbour_weight > 0:
             gap = int(self.settings.conversation_gap_seconds * 1_000_000)
             sources = [f.id for f in fused[: 2 * limit]]
@@ -341,6 +359,11 @@ class Memory:
             head = fused[: max(SPEAKER_POOL, 2 * limit)]
             records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in head])}
             fused = boost_speakers(query, head, records, self.settings.speaker_boost) + fused[len(head) :]
+        if spans:
+            head = fused[: max(TIME_POOL, 2 * limit)]
+            records |= {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in head if f.id not in records])}
+            times = {i: to_micros(r.valid_from) for i, r in records.items()}
+            fused = boost_in_windows(head, times, spans, self.settings.time_boost) + fused[len(head) :]
         missing = [f.id for f in fused if f.vector is None]
         similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
         if threshold is not None:
@@ -677,6 +700,14 @@ def _job_info(job: Job) -> JobInfo:
         created_at=from_micros(job.created_at),
         updated_at=from_micros(job.updated_at),
     )
+
+
+def _since(start: int) -> Condition:
+    return Condition("gte", "valid_from", (), start)
+
+
+def _until(end: int) -> Condition:
+    return Condition("lt", "valid_from", (), end)
 
 
 def _hit(record: MemoryRecord, score: float, scores: dict[str, float] | None) -> Hit:

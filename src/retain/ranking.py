@@ -59,6 +59,22 @@ def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K, keywor
     return fused
 
 
+def admit(fused: list[Fused], extra: list[Candidate], k: int = RRF_K, keyword_weight: float = 1.0) -> list[Fused]:
+    """Add candidates found by a narrower search, each scored as if it were that vector rank alone.
+
+    Candidates already fused keep their score. Used for the memories in the dates a query names,
+    which the whole-store search may rank too low to see.
+    """
+    known = {f.id for f in fused}
+    best = (1.0 + keyword_weight) / (k + 1)
+    new = [Fused(c.id, 1.0 / (k + r) / best, None, None, None) for r, c in enumerate(extra, 1) if c.id not in known]
+    if not new:
+        return fused
+    out = fused + new
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out
+
+
 def lift_neighbours(fused: list[Fused], adjacent: dict[str, list[str]], weight: float, new_ok: bool) -> list[Fused]:
     """Raise each hit's adjacent turns to at least `weight` x its score, then re-sort.
 
@@ -119,6 +135,26 @@ def boost_speakers(query: str, fused: list[Fused], records: dict[str, MemoryReco
     out = [
         Fused(f.id, f.score * (1.0 + boost), f.vector, f.keyword, f.bm25)
         if f.id in records and records[f.id].metadata.get("name") in mentioned
+        else f
+        for f in fused
+    ]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out
+
+
+def boost_in_windows(
+    fused: list[Fused], times: dict[str, int], windows: list[tuple[int, int]], boost: float
+) -> list[Fused]:
+    """Raise by `boost` (x (1 + boost)) the memories whose time falls in one of `windows`.
+
+    `times` maps ids to a memory's time (`valid_from`, microseconds); `windows` are [start, end)
+    in microseconds, from the dates the query names (`retain.dates`).
+    """
+    if not windows:
+        return fused
+    out = [
+        Fused(f.id, f.score * (1.0 + boost), f.vector, f.keyword, f.bm25)
+        if f.id in times and any(start <= times[f.id] < end for start, end in windows)
         else f
         for f in fused
     ]
