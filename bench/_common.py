@@ -247,11 +247,9 @@ def ndcg_at(ranked: Sequence[set[str]], gold: set[str], k: int) -> float:
 
 #: Settings that only change how a search ranks, so variants can share one ingested store.
 SEARCH_SETTINGS = (
-    "keyword_weight", "speaker_boost", "time_boost", "time_candidates", "neighbour_weight", "mmr_lambda",
-    "conversation_gap_seconds",
+    "keyword_weight", "speaker_boost", "time_boost", "neighbour_weight", "mmr_lambda",
+    "conversation_gap_seconds", "role_prior",
 )
-
-INT_SETTINGS = ("time_candidates",)
 
 
 @dataclass(frozen=True)
@@ -269,7 +267,7 @@ class Variant:
             key, _, raw = part.partition("=")
             if key not in SEARCH_SETTINGS:
                 raise ValueError(f"unknown search setting {key!r} in {spec!r}; one of {SEARCH_SETTINGS}")
-            overrides[key] = int(raw) if key in INT_SETTINGS else float(raw)
+            overrides[key] = float(raw)
         return cls(spec if rest else name, overrides)
 
     def view(self, memory: Memory) -> Memory:

@@ -25,6 +25,7 @@ def _days(query: str, asked: datetime = ASKED) -> list[tuple[str, str]]:
         ("the lunch last Monday", [("2023-04-16", "2023-04-19")]),
         ("yesterday's meeting", [("2023-04-16", "2023-04-19")]),
         ("what I did last week", [("2023-04-08", "2023-04-18")]),
+        ("jewelry I got in the last two months", [("2023-02-15", "2023-04-18")]),
         ("trips last year", [("2022-01-01", "2023-01-01")]),
         # absolute dates, with or without a year; without one, the latest occurrence up to now
         ("What did Nate make on 9 November, 2022?", [("2022-11-08", "2022-11-11")]),

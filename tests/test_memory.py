@@ -293,14 +293,20 @@ def test_a_date_in_the_query_prefers_memories_of_that_time_counted_from_at(tmp_p
             assert now[0].score < 1.5 * now[1].score
 
 
-def test_memories_of_a_named_date_join_the_candidates_even_without_a_match(tmp_path: Path) -> None:
-    settings = Settings(track_access=False, index_context_turns=0)
-    at = datetime(2023, 5, 10, 12, 0)
-    with Memory(str(tmp_path / "c.db"), HashEmbedder(), settings=settings) as m:
-        m.add([f"kiwi number {i}" for i in range(120)], user_id="u", infer=False, at=at - timedelta(days=100))
-        m.add(["zzz qqq"], user_id="u", infer=False, at=at - timedelta(days=1))
-        assert "zzz qqq" in [h.memory for h in m.search("kiwi yesterday", user_id="u", limit=20, at=at).results]
-    off = Settings(track_access=False, index_context_turns=0, time_candidates=0)
-    with Memory(str(tmp_path / "c.db"), HashEmbedder(), settings=off) as m:
-        hits = m.search("kiwi yesterday", user_id="u", limit=20, at=at).results
-        assert "zzz qqq" not in [h.memory for h in hits]
+def test_a_question_prefers_the_turns_of_the_side_it_asks_about(tmp_path: Path) -> None:
+    turns = [
+        {"role": "user", "content": "which hotel in Miami"},
+        {"role": "assistant", "content": "which hotel in Miami: try the Biltmore"},
+    ]
+    for prior in (1.0, 0.0):
+        settings = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.0, role_prior=prior)
+        with Memory(str(tmp_path / f"r{prior}.db"), HashEmbedder(), settings=settings) as m:
+            m.add(turns, user_id="u", infer=False)
+            mine = m.search("which hotel in Miami", user_id="u", limit=2).results
+            yours = m.search("which hotel in Miami did you recommend", user_id="u", limit=2).results
+            if prior:
+                assert mine[0].metadata["role"] == "user" and mine[0].score >= 1.5 * mine[1].score
+                assert yours[0].metadata["role"] == "assistant"
+            else:
+                assert mine[0].score < 1.5 * mine[1].score
+                assert yours[0].metadata["role"] == "user"

@@ -35,11 +35,11 @@ def test_retrieval_settings_from_env() -> None:
             "RETAIN_MMR_LAMBDA": "0.8",
             "RETAIN_SPEAKER_BOOST": "0",
             "RETAIN_TIME_BOOST": "2",
-            "RETAIN_TIME_CANDIDATES": "5",
+            "RETAIN_ROLE_PRIOR": "0.5",
         }
     )
     assert (s.index_context_turns, s.neighbour_weight, s.keyword_weight, s.mmr_lambda) == (0, 0.0, 1.5, 0.8)
-    assert (s.speaker_boost, s.time_boost, s.time_candidates) == (0.0, 2.0, 5)
+    assert (s.speaker_boost, s.time_boost, s.role_prior) == (0.0, 2.0, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_retrieval_settings_from_env() -> None:
         ("RETAIN_MMR_LAMBDA", "0", r"\(0, 1\]"),
         ("RETAIN_SPEAKER_BOOST", "-1", "0 or more"),
         ("RETAIN_TIME_BOOST", "-1", "0 or more"),
-        ("RETAIN_TIME_CANDIDATES", "1.5", "not an integer"),
+        ("RETAIN_ROLE_PRIOR", "-1", "0 or more"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

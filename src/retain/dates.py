@@ -10,7 +10,8 @@ time (`valid_from`, the `at` they were added with) falls inside it
 Windows are deliberately loose: people round ("a month ago" for five weeks),
 and a conversation about a day often happens a day or two later. A window is
 the named span plus a tolerance of a quarter of the distance back (at least
-two days) for "N units ago", and one day either side of a named day.
+two days) for "N units ago", one day either side of a named day, and up to
+now for "the last N units".
 
 Only English is understood, and only expressions that name a time: "May I
 ask" is not May, so a month needs a preposition before it ("in May") or a day
@@ -37,6 +38,7 @@ _DAY = timedelta(days=1)
 _MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
 _NUMBER = r"\d{1,3}|" + "|".join(sorted(_NUMBERS, key=len, reverse=True))
 _AGO = re.compile(rf"\b({_NUMBER})\s+(day|week|month|year)s?\s+ago\b", re.I)
+_LAST_N = re.compile(rf"\b(?:last|past|previous)\s+({_NUMBER})\s+(day|week|month|year)s?\b", re.I)
 _LAST_UNIT = re.compile(r"\b(?:last|past|previous)\s+(week|weekend|month|year)\b", re.I)
 _YESTERDAY = re.compile(r"\b(yesterday|the day before yesterday)\b", re.I)
 _LAST_WEEKDAY = re.compile(rf"\b(?:last|past|previous)\s+({'|'.join(_WEEKDAYS)})\b", re.I)
@@ -74,6 +76,10 @@ def query_windows(query: str, asked: datetime) -> list[Window]:
             back = timedelta(days=n * _UNIT_DAYS[m.group(2).lower()])
             tolerance = max(2 * _DAY, back / 4)
             windows.append((asked - back - tolerance, asked - back + tolerance))
+    for m in _LAST_N.finditer(query):
+        if claim(m):
+            back = timedelta(days=_count(m.group(1)) * _UNIT_DAYS[m.group(2).lower()])
+            windows.append((asked - back - _DAY, asked))
     for m in _YESTERDAY.finditer(query):
         if claim(m):
             days = 2 if m.group(1).lower().startswith("the day before") else 1

@@ -22,7 +22,7 @@ from typing import Any
 from .dates import query_windows
 from .embedders import Embedder, embedder_from_spec
 from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, RetainError
-from .filters import And, Condition, Filter, Or, parse_filters
+from .filters import Filter, parse_filters
 from .indexing import index_texts, keyword_query, turn_line
 from .inputs import (
     MAX_LIMIT,
@@ -52,7 +52,16 @@ from .models import (
     SearchResult,
 )
 from .pipeline import InferenceInput, apply_outcome, decide, plan
-from .ranking import Fused, admit, boost_in_windows, boost_speakers, diversify, fuse, lift_neighbours
+from .ranking import (
+    Fused,
+    asked_role,
+    boost_in_windows,
+    boost_speakers,
+    diversify,
+    fuse,
+    lift_neighbours,
+    prefer_role,
+)
 from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
@@ -64,10 +73,8 @@ logger = logging.getLogger(__name__)
 
 #: Candidates taken from each signal before fusion, at least.
 CANDIDATE_POOL = 50
-#: Candidates the speaker boost looks at, at least.
-SPEAKER_POOL = 20
-#: Candidates the time boost looks at, at least.
-TIME_POOL = 100
+#: Candidates the speaker, time and role priors look at, at least.
+PRIOR_POOL = 100
 #: Candidates re-ordered by maximal marginal relevance, at least.
 MMR_POOL = 50
 #: Turns on each side of a hit that neighbour expansion lifts.
@@ -336,34 +343,27 @@ class Memory:
         dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
         sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
         fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
-        windows = query_windows(query, from_micros(now if asked is None else asked)) if self.settings.time_boost else []
-        spans = [(to_micros(start), to_micros(end)) for start, end in windows]
-        if spans and self.settings.time_candidates:
-            # The memories of the named dates, by similarity alone: "what did I buy 10 days ago?" shares
-            # no words with "I just got a smoker today", so the whole-store search may not reach it.
-            in_spans: Filter = Or(tuple(And((_since(start), _until(end))) for start, end in spans))
-            narrowed = in_spans if where is None else And((where, in_spans))
-            extra = self.store.vector_search(scope, vector, self.settings.time_candidates, narrowed, as_of, now)
-            fused = admit(fused, extra, keyword_weight=self.settings.keyword_weight)
-        if self.settings.neighbour_weight > 0:
-            gap = int(self.settings.conversation_gap_seconds * 1_000_000)
+        st = self.settings
+        if st.neighbour_weight > 0:
+            gap = int(st.conversation_gap_seconds * 1_000_000)
             sources = [f.id for f in fused[: 2 * limit]]
             adjacent = self.store.adjacent(self.tenant_id, sources, NEIGHBOUR_WINDOW, gap, now)
             # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
-            fused = lift_neighbours(
-                fused, adjacent, self.settings.neighbour_weight, new_ok=where is None and as_of is None
-            )
-        records: dict[str, MemoryRecord] = {}
-        if self.settings.speaker_boost > 0:
-            # Only the head can reach the results: a boost at most doubles a score.
-            head = fused[: max(SPEAKER_POOL, 2 * limit)]
-            records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in head])}
-            fused = boost_speakers(query, head, records, self.settings.speaker_boost) + fused[len(head) :]
-        if spans:
-            head = fused[: max(TIME_POOL, 2 * limit)]
-            records |= {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in head if f.id not in records])}
-            times = {i: to_micros(r.valid_from) for i, r in records.items()}
-            fused = boost_in_windows(head, times, spans, self.settings.time_boost) + fused[len(head) :]
+            fused = lift_neighbours(fused, adjacent, st.neighbour_weight, new_ok=where is None and as_of is None)
+        windows = query_windows(query, from_micros(now if asked is None else asked)) if st.time_boost > 0 else []
+        if st.speaker_boost > 0 or st.role_prior > 0 or windows:
+            # Priors on who spoke and when: they scale scores by a few times at most, so only the head can
+            # reach the results.
+            head = fused[: max(PRIOR_POOL, 2 * limit)]
+            origins = self.store.origins(self.tenant_id, [f.id for f in head])
+            if st.speaker_boost > 0:
+                head = boost_speakers(query, head, origins, st.speaker_boost)
+            if windows:
+                spans = [(to_micros(start), to_micros(end)) for start, end in windows]
+                head = boost_in_windows(head, origins, spans, st.time_boost)
+            if st.role_prior > 0:
+                head = prefer_role(head, origins, asked_role(query), st.role_prior)
+            fused = head + fused[len(head) :]
         missing = [f.id for f in fused if f.vector is None]
         similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
         if threshold is not None:
@@ -372,8 +372,7 @@ class Memory:
             head = fused[: max(MMR_POOL, 2 * limit)]
             fused = diversify(head, self.store.vectors(self.tenant_id, [f.id for f in head]), self.settings.mmr_lambda)
         fused = fused[:limit]
-        unknown = [f.id for f in fused if f.id not in records]
-        records |= {r.id: r for r in self.store.get(self.tenant_id, unknown)}
+        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
         # A record can vanish between the index read and this fetch if it was purged meanwhile.
         return [(f, records[f.id], similarities.get(f.id, 0.0)) for f in fused if f.id in records]
 
@@ -700,14 +699,6 @@ def _job_info(job: Job) -> JobInfo:
         created_at=from_micros(job.created_at),
         updated_at=from_micros(job.updated_at),
     )
-
-
-def _since(start: int) -> Condition:
-    return Condition("gte", "valid_from", (), start)
-
-
-def _until(end: int) -> Condition:
-    return Condition("lt", "valid_from", (), end)
 
 
 def _hit(record: MemoryRecord, score: float, scores: dict[str, float] | None) -> Hit:
