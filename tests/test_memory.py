@@ -249,7 +249,7 @@ def test_context_comes_from_earlier_adds_of_the_same_conversation_only(memory: M
 
 
 def test_a_hit_lifts_its_neighbouring_turns(tmp_path: Path) -> None:
-    settings = Settings(track_access=False, index_context_turns=0)
+    settings = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.5)
     with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=settings) as m:
         ids = [
             e.id for e in m.add(["kiwi kiwi kiwi", "unrelated reply", "other words"], user_id="u", infer=False).results
