@@ -9,9 +9,15 @@ by default (`Settings.keyword_weight`): with turns keyword-indexed with their
 speaker and context, BM25 is the sharper signal on LoCoMo (recall@10 0.730 ->
 0.744) and LongMemEval_S is within a question of unchanged. See BENCHMARKS.md.
 
-After fusion: a hit lifts its neighbouring turns (`lift_neighbours`), turns of
-a speaker the query names are boosted (`boost_speakers`), and optionally the
-list is re-ordered for diversity (`diversify`, MMR).
+After fusion: a hit lifts its neighbouring turns (`lift_neighbours`), then
+priors on who spoke and when re-weigh the head of the list: turns of a speaker
+the query names are boosted (`boost_speakers`), memories from a date the query
+names are boosted (`boost_in_windows`, windows from `retain.dates`), and in a
+two-party chat the turns of the side the query does not ask about are damped
+(`prefer_role`: "what did I ..." is answered by the user's turns, "what did
+you recommend ..." by the assistant's). Optionally the list is re-ordered for
+diversity (`diversify`, MMR). Weighted score fusion, session-level score
+aggregation and per-session diversity were measured and lost (BENCHMARKS.md).
 """
 
 from __future__ import annotations
