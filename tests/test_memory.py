@@ -310,3 +310,11 @@ def test_a_question_prefers_the_turns_of_the_side_it_asks_about(tmp_path: Path) 
             else:
                 assert mine[0].score < 1.5 * mine[1].score
                 assert yours[0].metadata["role"] == "user"
+
+
+def test_ids_increase_strictly_in_creation_order() -> None:
+    from retain.memory import new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(i[14] == "7" for i in ids)  # still UUIDv7

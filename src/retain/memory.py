@@ -87,12 +87,26 @@ MAX_BACKOFF_SECONDS = 3600.0
 JOB_STATUSES = ("queued", "running", "done", "dead")
 
 
+_last_id = 0
+_id_lock = threading.Lock()
+
+
 def new_id() -> str:
-    """A UUIDv7: time-ordered, so ids sort roughly by creation."""
+    """A UUIDv7: time-ordered, and strictly increasing within a process (RFC 9562, monotonic).
+
+    Search breaks score ties by id, so ids made in the same millisecond must keep their
+    creation order too: otherwise equal scores (the two neighbours a hit lifts) are ordered
+    at random and the same search over the same turns ranks differently from run to run.
+    """
+    global _last_id
     ms = now_micros() // 1000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62)
     value |= rand & ((1 << 62) - 1)
+    with _id_lock:
+        if value <= _last_id:
+            value = _last_id + 1
+        _last_id = value
     return str(uuid.UUID(int=value))
 
 
