@@ -246,7 +246,10 @@ def ndcg_at(ranked: Sequence[set[str]], gold: set[str], k: int) -> float:
 # -- search variants -----------------------------------------------------------------------
 
 #: Settings that only change how a search ranks, so variants can share one ingested store.
-SEARCH_SETTINGS = ("keyword_weight", "speaker_boost", "neighbour_weight", "mmr_lambda", "conversation_gap_seconds")
+SEARCH_SETTINGS = (
+    "keyword_weight", "speaker_boost", "time_boost", "neighbour_weight", "mmr_lambda",
+    "conversation_gap_seconds", "role_prior",
+)
 
 
 @dataclass(frozen=True)

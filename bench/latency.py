@@ -10,7 +10,7 @@ What is measured, and why:
   over the user's keyword postings, fusion, and fetching the records. Every
   query is distinct, so the query-embedding cache never hides the model.
 * A breakdown of the same queries through the store's own calls (embed,
-  `vector_search`, `keyword_search`, `similarity`, `get`), to show where the
+  `vector_search`, `keyword_search`, `adjacent`, `origins`, `similarity`, `get`), to show where the
   time goes.
 * `ingest_per_s`: messages per second through the real
   `Memory.add(..., infer=False)` in batches of `--ingest-batch`, into a fresh
@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from retain.embedders.minilm import MiniLMEmbedder
 from retain.indexing import keyword_query
-from retain.memory import NEIGHBOUR_WINDOW, Memory, new_id, text_hash
+from retain.memory import NEIGHBOUR_WINDOW, PRIOR_POOL, Memory, new_id, text_hash
 from retain.models import Scope
 from retain.ranking import fuse
 from retain.settings import Settings
@@ -424,7 +424,7 @@ def measure_breakdown(
 ) -> dict[str, dict[str, float]]:
     """The stages of a search timed one by one, as `Memory.search` runs them."""
     scope = Scope(tenant_id=TENANT, user_id=QUERIED_USER)
-    names = ("embed", "vector_search", "keyword_search", "adjacent", "similarity", "get")
+    names = ("embed", "vector_search", "keyword_search", "adjacent", "origins", "similarity", "get")
     stages: dict[str, list[float]] = {k: [] for k in names}
     keyword_hits = []
     for q in queries:
@@ -441,6 +441,8 @@ def measure_breakdown(
         watch.lap()
         store.adjacent(TENANT, [f.id for f in fused[:20]], NEIGHBOUR_WINDOW, 1800 * 1_000_000, now)
         stages["adjacent"].append(watch.lap())
+        store.origins(TENANT, [f.id for f in fused[:PRIOR_POOL]])
+        stages["origins"].append(watch.lap())
         store.similarity(TENANT, [f.id for f in fused if f.vector is None], vector)
         stages["similarity"].append(watch.lap())
         store.get(TENANT, [f.id for f in fused[:10]])
@@ -568,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for leftover in leftover_ingest_users(store):  # a run that died before cleaning up
         store.purge_scope(Scope(tenant_id=TENANT, user_id=leftover))
     embedder = MiniLMEmbedder()
-    memory = Memory(store=store, embedder=embedder)
+    memory = Memory(store=store, embedder=embedder, settings=Settings.from_env())  # RETAIN_* search settings apply
     gen = TextGenerator(args.seed + 1)
     queries = gen.queries(args.queries + args.warmup)
     warmup, measured = queries[: args.warmup], queries[args.warmup :]

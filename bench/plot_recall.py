@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 
-def _summary(path: Path | None) -> dict[str, Any] | None:
+def _summary(path: Path | None, variant: str = "retain") -> dict[str, Any] | None:
+    """The summary of `variant` (a `--variant` name, or "retain" for the library's defaults)."""
     if path is None:
         return None
     data = json.loads(path.read_text())
-    return data.get("summaries", {}).get("retain", data) if "summaries" in data else data
+    return data.get("summaries", {}).get(variant, data) if "summaries" in data else data
 
 
 def main() -> int:
@@ -35,6 +36,9 @@ def main() -> int:
     parser.add_argument("--mem0", type=Path, help="vs_mem0.py --json-out")
     parser.add_argument("--lme", type=Path, required=True, help="longmemeval.py --json-out of the current library")
     parser.add_argument("--lme-before", type=Path, help="the same for the code before issue 4")
+    parser.add_argument("--lme-before-variant", default="retain",
+                        help="read --lme-before's summary of this --variant (e.g. the earlier settings)")
+    parser.add_argument("--lme-title", default="LongMemEval_S dev split (--every 2), recall@k")
     parser.add_argument("--out", type=Path, default=Path("bench/recall.png"))
     args = parser.parse_args()
 
@@ -64,8 +68,10 @@ def main() -> int:
     left.legend(loc="lower right", fontsize=8)
 
     lks = [1, 5, 10]
-    for label, path, style in (("Retain (issue 4)", args.lme, "-"), ("Retain before", args.lme_before, "--")):
-        s = _summary(path)
+    lme_runs = (("Retain (issue 4)", args.lme, "-", "retain"), ("Retain before", args.lme_before, "--",
+                                                                   args.lme_before_variant))
+    for label, path, style, variant in lme_runs:
+        s = _summary(path, variant)
         if s is None:
             continue
         right.plot(lks, [s[f"turn_recall@{k}"] for k in lks], "o" + style, color="tab:blue", label=f"{label}, turn")
@@ -73,7 +79,7 @@ def main() -> int:
                    label=f"{label}, session")
     right.plot([5, 10], [0.644, 0.784], "D", color="gray", label="Stella 1.5B + fact keys (M), turn")
     right.plot([5, 10], [0.732, 0.862], "v", color="gray", label="Stella 1.5B + fact keys (M), session")
-    right.set(title="LongMemEval_S dev split (--every 2), recall@k", xlabel="k", ylabel="recall", xscale="log",
+    right.set(title=args.lme_title, xlabel="k", ylabel="recall", xscale="log",
               ylim=(0, 1))
     right.set_xticks(lks, [str(k) for k in lks])
     right.legend(loc="lower right", fontsize=8)

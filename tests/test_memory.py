@@ -249,7 +249,7 @@ def test_context_comes_from_earlier_adds_of_the_same_conversation_only(memory: M
 
 
 def test_a_hit_lifts_its_neighbouring_turns(tmp_path: Path) -> None:
-    settings = Settings(track_access=False, index_context_turns=0)
+    settings = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.5)
     with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=settings) as m:
         ids = [
             e.id for e in m.add(["kiwi kiwi kiwi", "unrelated reply", "other words"], user_id="u", infer=False).results
@@ -273,3 +273,48 @@ def test_a_query_naming_a_speaker_prefers_that_speakers_turns(tmp_path: Path) ->
                 assert hits[0].memory == first and hits[0].score > hits[1].score * 1.5
             else:
                 assert hits[0].score < hits[1].score * 1.5
+
+
+def test_a_date_in_the_query_prefers_memories_of_that_time_counted_from_at(tmp_path: Path) -> None:
+    asked = datetime(2023, 3, 25, 18, 0)
+    for boost in (1.0, 0.0):
+        settings = Settings(track_access=False, index_context_turns=0, time_boost=boost)
+        with Memory(str(tmp_path / f"t{boost}.db"), HashEmbedder(), settings=settings) as m:
+            m.add(["I bought a smoker"], user_id="u", infer=False, at=asked - timedelta(days=40))
+            m.add(["I bought a smoker"], user_id="u", infer=False, at=asked - timedelta(days=10))
+            hits = m.search("what did I buy 10 days ago", user_id="u", limit=2, at=asked).results
+            if boost:
+                assert hits[0].valid_from.date() == (asked - timedelta(days=10)).date()
+                assert hits[0].score > 1.5 * hits[1].score
+            else:
+                assert hits[0].score < 1.5 * hits[1].score
+            # Without `at` the query is asked now, and ten days ago holds nothing.
+            now = m.search("what did I buy 10 days ago", user_id="u", limit=2).results
+            assert now[0].score < 1.5 * now[1].score
+
+
+def test_a_question_prefers_the_turns_of_the_side_it_asks_about(tmp_path: Path) -> None:
+    turns = [
+        {"role": "user", "content": "which hotel in Miami"},
+        {"role": "assistant", "content": "which hotel in Miami: try the Biltmore"},
+    ]
+    for prior in (1.0, 0.0):
+        settings = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.0, role_prior=prior)
+        with Memory(str(tmp_path / f"r{prior}.db"), HashEmbedder(), settings=settings) as m:
+            m.add(turns, user_id="u", infer=False)
+            mine = m.search("which hotel in Miami", user_id="u", limit=2).results
+            yours = m.search("which hotel in Miami did you recommend", user_id="u", limit=2).results
+            if prior:
+                assert mine[0].metadata["role"] == "user" and mine[0].score >= 1.5 * mine[1].score
+                assert yours[0].metadata["role"] == "assistant"
+            else:
+                assert mine[0].score < 1.5 * mine[1].score
+                assert yours[0].metadata["role"] == "user"
+
+
+def test_ids_increase_strictly_in_creation_order() -> None:
+    from retain.memory import new_id
+
+    ids = [new_id() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(i[14] == "7" for i in ids)  # still UUIDv7

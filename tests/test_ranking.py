@@ -1,11 +1,18 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from retain.models import MemoryRecord
-from retain.ranking import Fused, boost_speakers, diversify, fuse, lift_neighbours
+from retain.ranking import (
+    Fused,
+    asked_role,
+    boost_in_windows,
+    boost_speakers,
+    diversify,
+    fuse,
+    lift_neighbours,
+    prefer_role,
+)
+from retain.store.base import Origin
 
 
 def _f(id: str, score: float) -> Fused:
@@ -53,33 +60,47 @@ def test_keyword_weight_lets_a_keyword_first_beat_a_vector_first() -> None:
     assert fused[0].score == pytest.approx(2 / 3)
 
 
-def _record(id: str, name: str | None) -> MemoryRecord:
-    now = datetime.now(UTC)
-    return MemoryRecord(
-        id=id,
-        memory="x",
-        category=None,
-        metadata={} if name is None else {"name": name},
-        user_id="u",
-        agent_id=None,
-        run_id=None,
-        lineage_id=id,
-        hash="h",
-        created_at=now,
-        updated_at=now,
-        valid_from=now,
-        valid_to=None,
-        superseded_by=None,
-        source_message_ids=[],
-        access_count=0,
-        last_accessed_at=None,
-        expires_at=None,
-    )
-
-
 def test_turns_of_a_speaker_the_query_names_are_boosted() -> None:
     fused = [_f("mel", 1.0), _f("caro", 0.6), _f("none", 0.55)]
-    records = {"mel": _record("mel", "Mel"), "caro": _record("caro", "Caroline"), "none": _record("none", None)}
-    out = boost_speakers("What did caroline research?", fused, records, 1.0)
+    origins = {"mel": Origin(0, "user", "Mel"), "caro": Origin(0, "user", "Caroline"), "none": Origin(0, None, None)}
+    out = boost_speakers("What did caroline research?", fused, origins, 1.0)
     assert [(f.id, f.score) for f in out] == [("caro", 1.2), ("mel", 1.0), ("none", 0.55)]
-    assert boost_speakers("What did Carol research?", fused, records, 1.0) == fused  # whole names only
+    assert boost_speakers("What did Carol research?", fused, origins, 1.0) == fused  # whole names only
+
+
+def test_memories_in_a_named_window_are_boosted() -> None:
+    fused = [_f("a", 1.0), _f("b", 0.6), _f("c", 0.4)]
+    origins = {id: Origin(at, "user", None) for id, at in (("a", 5), ("b", 10), ("c", 20))}
+    out = boost_in_windows(fused, origins, [(10, 20)], 1.0)
+    assert [(f.id, f.score) for f in out] == [("b", 1.2), ("a", 1.0), ("c", 0.4)]
+    assert boost_in_windows(fused, origins, [], 1.0) == fused
+
+
+@pytest.mark.parametrize(
+    ("query", "role"),
+    [
+        ("What breed is my dog?", "user"),
+        ("Can you suggest a hotel for my trip to Miami?", "user"),
+        ("You recommended five bottles to me; which were they?", "assistant"),
+        ("Can you remind me of that vegan eatery you mentioned?", "assistant"),
+        ("Following up on our previous conversation about binaural beats", "assistant"),
+        ("what was the hostel you told me about", "assistant"),
+        ("Which hotel did you recommend?", "assistant"),
+        ("What do you suggest I cook tonight?", "user"),
+    ],
+)
+def test_a_query_about_what_the_assistant_said_asks_for_its_turns(query: str, role: str) -> None:
+    assert asked_role(query) == role
+
+
+def test_unnamed_turns_in_the_other_role_are_damped_named_and_roleless_memories_kept() -> None:
+    records = {
+        "a": Origin(0, "assistant", None),
+        "u": Origin(0, "user", None),
+        "f": Origin(0, None, None),
+        "g": Origin(0, "assistant", "bot"),
+    }
+    fused = [_f("a", 1.0), _f("f", 0.8), _f("u", 0.6), _f("g", 0.55)]
+    out = prefer_role(fused, records, "user", 1.0)
+    assert [(f.id, f.score) for f in out] == [("f", 0.8), ("u", 0.6), ("g", 0.55), ("a", 0.5)]
+    assert [f.id for f in prefer_role(fused, records, "assistant", 1.0)] == ["a", "f", "g", "u"]

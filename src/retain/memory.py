@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from .async_bridge import offload
+from .dates import query_windows
 from .embedders import Embedder, embedder_from_spec
 from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, RetainError
 from .filters import Filter, parse_filters
@@ -52,7 +53,16 @@ from .models import (
     SearchResult,
 )
 from .pipeline import InferenceInput, apply_outcome, decide, plan
-from .ranking import Fused, boost_speakers, diversify, fuse, lift_neighbours
+from .ranking import (
+    Fused,
+    asked_role,
+    boost_in_windows,
+    boost_speakers,
+    diversify,
+    fuse,
+    lift_neighbours,
+    prefer_role,
+)
 from .sessions import Session
 from .settings import Settings
 from .store import Store, open_store
@@ -64,8 +74,8 @@ logger = logging.getLogger(__name__)
 
 #: Candidates taken from each signal before fusion, at least.
 CANDIDATE_POOL = 50
-#: Candidates the speaker boost looks at, at least.
-SPEAKER_POOL = 20
+#: Candidates the speaker, time and role priors look at, at least.
+PRIOR_POOL = 100
 #: Candidates re-ordered by maximal marginal relevance, at least.
 MMR_POOL = 50
 #: Turns on each side of a hit that neighbour expansion lifts.
@@ -78,12 +88,26 @@ MAX_BACKOFF_SECONDS = 3600.0
 JOB_STATUSES = ("queued", "running", "done", "dead")
 
 
+_last_id = 0
+_id_lock = threading.Lock()
+
+
 def new_id() -> str:
-    """A UUIDv7: time-ordered, so ids sort roughly by creation."""
+    """A UUIDv7: time-ordered, and strictly increasing within a process (RFC 9562, monotonic).
+
+    Search breaks score ties by id, so ids made in the same millisecond must keep their
+    creation order too: otherwise equal scores (the two neighbours a hit lifts) are ordered
+    at random and the same search over the same turns ranks differently from run to run.
+    """
+    global _last_id
     ms = now_micros() // 1000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80 | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62)
     value |= rand & ((1 << 62) - 1)
+    with _id_lock:
+        if value <= _last_id:
+            value = _last_id + 1
+        _last_id = value
     return str(uuid.UUID(int=value))
 
 
@@ -282,13 +306,17 @@ class Memory:
         limit: int = 10,
         threshold: float | None = None,
         as_of: datetime | str | None = None,
+        at: datetime | str | None = None,
         explain: bool = False,
     ) -> SearchResult:
         """The memories most relevant to `query` in scope.
 
         `threshold` is the minimum cosine similarity between query and memory.
         `as_of` searches the memories that were valid at that time instead of
-        the current ones. `explain=True` fills `Hit.scores` with each signal.
+        the current ones. `at` is when the query is asked (default: now), the
+        day that dates in it such as "last Saturday" or "two weeks ago" count
+        from; unlike `as_of` it does not change which memories are searched.
+        `explain=True` fills `Hit.scores` with each signal.
         """
         scope = self._scope(user_id, agent_id, run_id)
         check_text(query, field="query", max_chars=self.settings.max_message_chars)
@@ -297,8 +325,9 @@ class Memory:
         if threshold is not None and (isinstance(threshold, bool) or not -1.0 <= float(threshold) <= 1.0):
             raise InvalidInputError(f"threshold must be a number from -1 to 1, got {threshold!r}.", field="threshold")
         as_of_us = None if as_of is None else time_or_now(as_of, field="as_of")
+        asked = time_or_now(at, field="at")
         hits = []
-        for f, record, similarity in self._rank(scope, query, limit, where, as_of_us, threshold):
+        for f, record, similarity in self._rank(scope, query, limit, where, as_of_us, threshold, asked):
             scores = None
             if explain:
                 scores = {"rrf": f.score, "vector": similarity}
@@ -320,6 +349,7 @@ class Memory:
         where: Filter | None = None,
         as_of: int | None = None,
         threshold: float | None = None,
+        asked: int | None = None,
     ) -> list[tuple[Fused, MemoryRecord, float]]:
         """Hybrid retrieval: vector KNN and BM25 in scope, fused by reciprocal rank."""
         now = now_micros()
@@ -328,20 +358,27 @@ class Memory:
         dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
         sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
         fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
-        if self.settings.neighbour_weight > 0:
-            gap = int(self.settings.conversation_gap_seconds * 1_000_000)
+        st = self.settings
+        if st.neighbour_weight > 0:
+            gap = int(st.conversation_gap_seconds * 1_000_000)
             sources = [f.id for f in fused[: 2 * limit]]
             adjacent = self.store.adjacent(self.tenant_id, sources, NEIGHBOUR_WINDOW, gap, now)
             # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
-            fused = lift_neighbours(
-                fused, adjacent, self.settings.neighbour_weight, new_ok=where is None and as_of is None
-            )
-        records: dict[str, MemoryRecord] = {}
-        if self.settings.speaker_boost > 0:
-            # Only the head can reach the results: a boost at most doubles a score.
-            head = fused[: max(SPEAKER_POOL, 2 * limit)]
-            records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in head])}
-            fused = boost_speakers(query, head, records, self.settings.speaker_boost) + fused[len(head) :]
+            fused = lift_neighbours(fused, adjacent, st.neighbour_weight, new_ok=where is None and as_of is None)
+        windows = query_windows(query, from_micros(now if asked is None else asked)) if st.time_boost > 0 else []
+        if st.speaker_boost > 0 or st.role_prior > 0 or windows:
+            # Priors on who spoke and when: they scale scores by a few times at most, so only the head can
+            # reach the results.
+            head = fused[: max(PRIOR_POOL, 2 * limit)]
+            origins = self.store.origins(self.tenant_id, [f.id for f in head])
+            if st.speaker_boost > 0:
+                head = boost_speakers(query, head, origins, st.speaker_boost)
+            if windows:
+                spans = [(to_micros(start), to_micros(end)) for start, end in windows]
+                head = boost_in_windows(head, origins, spans, st.time_boost)
+            if st.role_prior > 0:
+                head = prefer_role(head, origins, asked_role(query), st.role_prior)
+            fused = head + fused[len(head) :]
         missing = [f.id for f in fused if f.vector is None]
         similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
         if threshold is not None:
@@ -350,8 +387,7 @@ class Memory:
             head = fused[: max(MMR_POOL, 2 * limit)]
             fused = diversify(head, self.store.vectors(self.tenant_id, [f.id for f in head]), self.settings.mmr_lambda)
         fused = fused[:limit]
-        unknown = [f.id for f in fused if f.id not in records]
-        records |= {r.id: r for r in self.store.get(self.tenant_id, unknown)}
+        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
         # A record can vanish between the index read and this fetch if it was purged meanwhile.
         return [(f, records[f.id], similarities.get(f.id, 0.0)) for f in fused if f.id in records]
 

@@ -9,9 +9,15 @@ by default (`Settings.keyword_weight`): with turns keyword-indexed with their
 speaker and context, BM25 is the sharper signal on LoCoMo (recall@10 0.730 ->
 0.744) and LongMemEval_S is within a question of unchanged. See BENCHMARKS.md.
 
-After fusion: a hit lifts its neighbouring turns (`lift_neighbours`), turns of
-a speaker the query names are boosted (`boost_speakers`), and optionally the
-list is re-ordered for diversity (`diversify`, MMR).
+After fusion: a hit lifts its neighbouring turns (`lift_neighbours`), then
+priors on who spoke and when re-weigh the head of the list: turns of a speaker
+the query names are boosted (`boost_speakers`), memories from a date the query
+names are boosted (`boost_in_windows`, windows from `retain.dates`), and in a
+two-party chat the turns of the side the query does not ask about are damped
+(`prefer_role`: "what did I ..." is answered by the user's turns, "what did
+you recommend ..." by the assistant's). Optionally the list is re-ordered for
+diversity (`diversify`, MMR). Weighted score fusion, session-level score
+aggregation and per-session diversity were measured and lost (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -21,8 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .models import MemoryRecord
-from .store.base import Candidate, Vector
+from .store.base import Candidate, Origin, Vector
 
 RRF_K = 10
 
@@ -104,22 +109,77 @@ def diversify(fused: list[Fused], vectors: dict[str, Vector], weight: float) -> 
     return [ranked[i] for i in order] + [f for f in fused if f.id not in chosen]
 
 
-def boost_speakers(query: str, fused: list[Fused], records: dict[str, MemoryRecord], boost: float) -> list[Fused]:
+def boost_speakers(query: str, fused: list[Fused], origins: dict[str, Origin], boost: float) -> list[Fused]:
     """Raise by `boost` (x (1 + boost)) the turns spoken by someone the query names.
 
     "What did Caroline research?" is mostly answered by Caroline's own turns. The speaker is
     the `name` a verbatim turn was added with; queries naming nobody are left as they are.
     """
-    names = {r.metadata.get("name") for r in records.values()}
-    mentioned = {
-        n for n in names if isinstance(n, str) and n and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", query, re.I)
-    }
+    names = {o.name for o in origins.values() if o.name}
+    mentioned = {n for n in names if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", query, re.I)}
     if not mentioned:
         return fused
     out = [
         Fused(f.id, f.score * (1.0 + boost), f.vector, f.keyword, f.bm25)
-        if f.id in records and records[f.id].metadata.get("name") in mentioned
+        if f.id in origins and origins[f.id].name in mentioned
         else f
+        for f in fused
+    ]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out
+
+
+def boost_in_windows(
+    fused: list[Fused], origins: dict[str, Origin], windows: list[tuple[int, int]], boost: float
+) -> list[Fused]:
+    """Raise by `boost` (x (1 + boost)) the memories whose time falls in one of `windows`.
+
+    A memory's time is its `valid_from` (`Origin.at`); `windows` are [start, end) in
+    microseconds, from the dates the query names (`retain.dates`).
+    """
+    if not windows:
+        return fused
+    out = [
+        Fused(f.id, f.score * (1.0 + boost), f.vector, f.keyword, f.bm25)
+        if f.id in origins and any(start <= origins[f.id].at < end for start, end in windows)
+        else f
+        for f in fused
+    ]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out
+
+
+#: A query about what the assistant said: "you recommended", "did you say", "remind me", "our last chat".
+#: "Can you suggest ..." asks for something new, so the present tense counts only after "did".
+_ASKS_ASSISTANT = re.compile(
+    r"\byou\s+(?:\w+\s+)?(?:said|mentioned|recommended|suggested|told|gave|listed|provided|shared|wrote|explained"
+    r"|described|came up with|named)\b"
+    r"|\bdid\s+you\s+(?:say|mention|recommend|suggest|tell|give|list|provide|share|write|explain|describe|name)\b"
+    r"|\bremind me\b|\bour\s+(?:\w+\s+)?(?:conversation|chat|discussion)\b",
+    re.I,
+)
+
+
+def asked_role(query: str) -> str:
+    """Whose words a query is about: "assistant" when it recalls what the assistant said, else "user"."""
+    return "assistant" if _ASKS_ASSISTANT.search(query) else "user"
+
+
+def prefer_role(fused: list[Fused], origins: dict[str, Origin], role: str, prior: float) -> list[Fused]:
+    """Divide by (1 + `prior`) the scores of two-party chat turns in the other role than `role`.
+
+    A two-party chat turn is a verbatim turn with a role (user or assistant) and no speaker name.
+    Named speakers (the people of a group chat, an agent that saves a memory on purpose) are left
+    to the speaker boost, and memories without a role, such as extracted facts, keep their scores.
+    """
+
+    def other(origin: Origin | None) -> bool:
+        if origin is None or origin.name:
+            return False
+        return origin.role in ("user", "assistant") and origin.role != role
+
+    out = [
+        Fused(f.id, f.score / (1.0 + prior), f.vector, f.keyword, f.bm25) if other(origins.get(f.id)) else f
         for f in fused
     ]
     out.sort(key=lambda f: (-f.score, f.id))

@@ -58,8 +58,12 @@ class Settings:
     keyword_weight: float = 2.0
     #: Turns spoken by someone the query names score (1 + this) times higher (0: off).
     speaker_boost: float = 1.0
+    #: Memories whose time falls in a date the query names ("10 days ago", "in May") score (1 + this) times higher.
+    time_boost: float = 3.0
+    #: Chat turns in the other role than the one a query asks about score (1 + this) times lower (0: off).
+    role_prior: float = 1.0
     #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
-    neighbour_weight: float = 0.5
+    neighbour_weight: float = 0.7
     #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
     mmr_lambda: float = 1.0
 
@@ -132,6 +136,8 @@ _PARSED: dict[str, tuple[str, _Parser]] = {
     "RETAIN_NEIGHBOUR_WEIGHT": ("neighbour_weight", _ranged(float, 0, 1)),
     "RETAIN_KEYWORD_WEIGHT": ("keyword_weight", _ranged(float, 0, low_open=True)),
     "RETAIN_SPEAKER_BOOST": ("speaker_boost", _ranged(float, 0)),
+    "RETAIN_TIME_BOOST": ("time_boost", _ranged(float, 0)),
+    "RETAIN_ROLE_PRIOR": ("role_prior", _ranged(float, 0)),
     "RETAIN_MMR_LAMBDA": ("mmr_lambda", _ranged(float, 0, 1, low_open=True)),
 }
 

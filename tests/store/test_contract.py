@@ -26,6 +26,7 @@ from retain.store.base import (
     NewJob,
     NewMemory,
     NewMessage,
+    Origin,
     Store,
     Supersede,
     Vector,
@@ -176,6 +177,19 @@ def test_write_then_get_in_the_order_asked_skipping_unknown_ids(store: Store) ->
     assert rb.expires_at is not None
     assert store.get("t1", []) == []
     assert store.check_integrity() == []
+
+
+def test_origins_give_time_role_and_name_of_existing_memories_in_the_tenant(store: Store) -> None:
+    a = new_memory("a", "I adopted a dog", unit(1), metadata={"role": "user", "name": "Ann"}, valid_from=7)
+    b = new_memory("b", "Nice!", unit(0, 1), metadata={"role": "assistant"}, valid_from=8)
+    c = new_memory("c", "Likes tea", unit(1, 1), metadata={"role": 3, "name": ["x"]}, valid_from=9)
+    add(store, a, b, c)
+    assert store.origins("t1", ["a", "b", "c", "nope"]) == {
+        "a": Origin(7, "user", "Ann"),
+        "b": Origin(8, "assistant", None),
+        "c": Origin(9, None, None),
+    }
+    assert store.origins("t2", ["a"]) == {} and store.origins("t1", []) == {}
 
 
 def test_list_memories_pages_newest_first_within_the_scope(store: Store) -> None:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from ..filters import Filter
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Role, Scope
+from ..timeutil import to_micros
 
 Vector = npt.NDArray[np.float32]
 
@@ -154,6 +155,17 @@ class Candidate:
     score: float
 
 
+@dataclass(frozen=True)
+class Origin:
+    """When a memory was said and by whom: what the ranking priors read (see `Store.origins`)."""
+
+    #: `valid_from`, microseconds: the `at` a verbatim turn was added with.
+    at: int
+    #: metadata `role` and `name` of a verbatim turn (None for other memories).
+    role: str | None
+    name: str | None
+
+
 class Store(ABC):
     """The contract. One contract test suite runs against every implementation."""
 
@@ -175,6 +187,10 @@ class Store(ABC):
     @abstractmethod
     def get(self, tenant_id: str, ids: Sequence[str]) -> list[MemoryRecord]:
         """The records for `ids` that exist in the tenant, in the order of `ids`."""
+
+    def origins(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Origin]:
+        """Each existing memory's `Origin`. This default reads whole records; a backend may read less."""
+        return {r.id: origin_of(r) for r in self.get(tenant_id, ids)}
 
     @abstractmethod
     def list_memories(
@@ -291,3 +307,12 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections. Further use is an error."""
+
+
+def origin_of(record: MemoryRecord) -> Origin:
+    role, name = record.metadata.get("role"), record.metadata.get("name")
+    return Origin(
+        to_micros(record.valid_from),
+        role if isinstance(role, str) else None,
+        name if isinstance(name, str) else None,
+    )

@@ -41,7 +41,7 @@ from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
 from ..timeutil import from_micros
 from . import _rows
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
-from .base import ApiKey, Candidate, Job, NewMemory, Store, Vector, WriteBatch, WriteOutcome
+from .base import ApiKey, Candidate, Job, NewMemory, Origin, Store, Vector, WriteBatch, WriteOutcome
 from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_partition, to_blob, top_k
 
@@ -409,6 +409,23 @@ class SQLiteStore(Store):
             .fetchall()
         )
         return _rows.in_order(ids, rows, _record)
+
+    def origins(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Origin]:
+        # Three fields instead of whole records: building a MemoryRecord costs ~35 us, and the ranking
+        # priors read 100 of them per search.
+        if not ids:
+            return {}
+        rows = self._db().execute(
+            "SELECT m.id, m.valid_from, "
+            "CASE json_type(m.metadata, '$.role') WHEN 'text' THEN json_extract(m.metadata, '$.role') END, "
+            "CASE json_type(m.metadata, '$.name') WHEN 'text' THEN json_extract(m.metadata, '$.name') END "
+            "FROM memories m WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+            (tenant_id, json.dumps(list(ids))),
+        )
+        return {
+            str(id): Origin(int(at), role if isinstance(role, str) else None, name if isinstance(name, str) else None)
+            for id, at, role, name in rows
+        }
 
     def list_memories(
         self, scope: Scope, where: Filter | None, include_superseded: bool, limit: int, after: int | None
