@@ -66,6 +66,10 @@ TENANT = "default"
 QUERIED_USER = "user-00000"
 INGEST_USER_PREFIX = "bench-ingest-"
 DIMENSIONS = MiniLMEmbedder.dimensions
+#: The vector space the synthetic stores are labelled with. Their vectors are random unit vectors, no
+#: model's, so queries from the current local embedder search them alike; the label stays fixed so that
+#: stores filled before the embedder's id changed are reused.
+SYNTHETIC_SPACE = "all-MiniLM-L6-v2-int8"
 #: Candidates per signal, as `Memory.search` asks for them with limit=10.
 POOL = 50
 
@@ -558,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.reuse:
             log(f"{db} does not hold this fill; refilling")
         remove_db(db)
-        store = SQLiteStore(db, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id)
+        store = SQLiteStore(db, dimensions=DIMENSIONS, embedder_id=SYNTHETIC_SPACE)
         log(f"filling {db}: {spec.total:,} memories, {spec.user:,} for {QUERIED_USER}, {spec.users:,} users")
         fill_s = fill(store, spec, args.fill_batch)
         store.close()
@@ -566,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sidecar(db).write_text(json.dumps(spec.as_dict()))
         log(f"filled in {fill_s:.0f} s ({spec.total / fill_s:,.0f}/s), {file_bytes(db) / 1e9:.2f} GB")
 
-    store = SQLiteStore(db, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id)
+    store = SQLiteStore(db, dimensions=DIMENSIONS, embedder_id=SYNTHETIC_SPACE)
     for leftover in leftover_ingest_users(store):  # a run that died before cleaning up
         store.purge_scope(Scope(tenant_id=TENANT, user_id=leftover))
     embedder = MiniLMEmbedder()

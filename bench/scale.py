@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import (
     DIMENSIONS,
     QUERIED_USER,
+    SYNTHETIC_SPACE,
     FillSpec,
     Stopwatch,
     TextGenerator,
@@ -106,7 +107,7 @@ class Backends:
             path = self.workdir / f"{name}.db"
             for p in path.parent.glob(path.name + "*"):
                 p.unlink()
-            return SQLiteStore(path, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id), path
+            return SQLiteStore(path, dimensions=DIMENSIONS, embedder_id=SYNTHETIC_SPACE), path
         import psycopg
         from psycopg.conninfo import make_conninfo
 
@@ -117,7 +118,7 @@ class Backends:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         dsn = make_conninfo(admin, dbname=name)
-        return PostgresStore(dsn, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id, pool_max=4), dsn
+        return PostgresStore(dsn, dimensions=DIMENSIONS, embedder_id=SYNTHETIC_SPACE, pool_max=4), dsn
 
     def exists(self, backend: str, name: str) -> bool:
         if backend == "sqlite":
@@ -130,13 +131,13 @@ class Backends:
     def reopen(self, backend: str, name: str) -> tuple[Store, Any]:
         if backend == "sqlite":
             path = self.workdir / f"{name}.db"
-            return SQLiteStore(path, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id), path
+            return SQLiteStore(path, dimensions=DIMENSIONS, embedder_id=SYNTHETIC_SPACE), path
         from psycopg.conninfo import make_conninfo
 
         from retain.store.postgres import PostgresStore
 
         dsn = make_conninfo(self.postgres_admin(), dbname=name)
-        return PostgresStore(dsn, dimensions=DIMENSIONS, embedder_id=MiniLMEmbedder.model_id, pool_max=4), dsn
+        return PostgresStore(dsn, dimensions=DIMENSIONS, embedder_id=SYNTHETIC_SPACE, pool_max=4), dsn
 
     def size_bytes(self, backend: str, handle: Any) -> int:
         if backend == "sqlite":

@@ -36,8 +36,10 @@ def test_retrieval_settings_from_env() -> None:
             "RETAIN_SPEAKER_BOOST": "0",
             "RETAIN_TIME_BOOST": "2",
             "RETAIN_ROLE_PRIOR": "0.5",
+            "RETAIN_VECTOR_CACHE_MB": "0",
         }
     )
+    assert s.vector_cache_mb == 0
     assert (s.index_context_turns, s.neighbour_weight, s.keyword_weight, s.mmr_lambda) == (0, 0.0, 1.5, 0.8)
     assert (s.speaker_boost, s.time_boost, s.role_prior) == (0.0, 2.0, 0.5)
 
@@ -55,6 +57,7 @@ def test_retrieval_settings_from_env() -> None:
         ("RETAIN_SPEAKER_BOOST", "-1", "0 or more"),
         ("RETAIN_TIME_BOOST", "-1", "0 or more"),
         ("RETAIN_ROLE_PRIOR", "-1", "0 or more"),
+        ("RETAIN_VECTOR_CACHE_MB", "-5", "0 or more"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, message: str) -> None:

@@ -136,7 +136,10 @@ class Memory:
         self.embedder = embedder
         if store is None or isinstance(store, str):
             store = open_store(
-                store or self.settings.store, dimensions=embedder.dimensions, embedder_id=embedder.model_id
+                store or self.settings.store,
+                dimensions=embedder.dimensions,
+                embedder_id=embedder.model_id,
+                cache_bytes=self.settings.vector_cache_mb * 1024 * 1024,
             )
         self.store = store
         self.tenant_id = make_scope(tenant_id, None, None, None, require=False).tenant_id

@@ -25,6 +25,16 @@ def default_store_url(environ: Mapping[str, str] | None = None) -> str:
     return f"sqlite:///{Path(base) / 'retain' / 'retain.db'}"
 
 
+def default_model_dir(env: Mapping[str, str] | None = None) -> Path:
+    """`RETAIN_MODEL_DIR`, else `$XDG_CACHE_HOME/retain/models`, else `~/.cache/retain/models`."""
+    env = os.environ if env is None else env
+    explicit = env.get("RETAIN_MODEL_DIR", "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = env.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "retain" / "models"
+
+
 @dataclass(frozen=True)
 class Settings:
     store: str = field(default_factory=default_store_url)
@@ -66,6 +76,9 @@ class Settings:
     neighbour_weight: float = 0.7
     #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
     mmr_lambda: float = 1.0
+    #: Per-process memory for cached users' vectors and keyword postings, in MiB (least recently used
+    #: users are evicted; 0 turns the cache off). A user with 10k memories takes about 20 MiB.
+    vector_cache_mb: int = 512
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
@@ -138,6 +151,7 @@ _PARSED: dict[str, tuple[str, _Parser]] = {
     "RETAIN_SPEAKER_BOOST": ("speaker_boost", _ranged(float, 0)),
     "RETAIN_TIME_BOOST": ("time_boost", _ranged(float, 0)),
     "RETAIN_ROLE_PRIOR": ("role_prior", _ranged(float, 0)),
+    "RETAIN_VECTOR_CACHE_MB": ("vector_cache_mb", _ranged(int, 0)),
     "RETAIN_MMR_LAMBDA": ("mmr_lambda", _ranged(float, 0, 1, low_open=True)),
 }
 

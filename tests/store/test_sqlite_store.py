@@ -69,6 +69,18 @@ def test_store_urls() -> None:
         open_store(":memory:", dimensions=8, embedder_id="hash")
 
 
+def test_vector_cache_budget_comes_from_settings_and_zero_turns_it_off(tmp_path: Path) -> None:
+    sized = Memory(str(tmp_path / "a.db"), HashEmbedder(), settings=Settings(vector_cache_mb=3))
+    assert isinstance(sized.store, SQLiteStore) and sized.store._vectors.max_bytes == 3 * 1024 * 1024
+    sized.close()
+    off = Memory(str(tmp_path / "b.db"), HashEmbedder(), settings=Settings(vector_cache_mb=0))
+    off.add(["I drink green tea", "I live in Berlin"], user_id="u", infer=False)
+    for _ in range(2):
+        assert off.search("green tea", user_id="u", limit=1).results[0].memory == "I drink green tea"
+    assert isinstance(off.store, SQLiteStore) and off.store._vectors.cached_bytes == 0
+    off.close()
+
+
 def test_closed_store_refuses_use(tmp_path: Path) -> None:
     m = Memory(str(tmp_path / "c.db"), HashEmbedder())
     m.close()

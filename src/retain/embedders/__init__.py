@@ -41,11 +41,15 @@ def embedder_from_spec(spec: str, settings: Settings | None = None) -> Embedder:
 
 
 def _local(model: str, settings: Settings) -> Embedder:
-    if model not in ("", "minilm"):
-        raise ConfigError(f"Unknown local embedder {model!r}: the local embedder is local:minilm.")
-    from .minilm import MiniLMEmbedder
+    from .minilm import MiniLMEmbedder, MiniLMFloatEmbedder
 
-    return MiniLMEmbedder(threads=settings.embed_threads)
+    models = {"": MiniLMEmbedder, "minilm": MiniLMEmbedder, "minilm-float": MiniLMFloatEmbedder}
+    if model not in models:
+        raise ConfigError(
+            f"Unknown local embedder {model!r}: the local embedders are local:minilm (int8, the default) "
+            "and local:minilm-float."
+        )
+    return models[model](threads=settings.embed_threads)
 
 
 def _openai(model: str, settings: Settings) -> Embedder:

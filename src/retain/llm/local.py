@@ -46,6 +46,7 @@ from retain.llm.base import (
     prompt_chars,
 )
 from retain.models import Usage
+from retain.settings import default_model_dir
 
 INSTALL_HINT = 'pip install -e ".[local]" (or pip install "retain[local]")'
 _COPY_BLOCK = 8 * 1024 * 1024
@@ -128,16 +129,6 @@ MODELS: dict[str, LocalModel] = {
     )
 }
 DEFAULT_MODEL = "qwen2.5-1.5b"
-
-
-def default_model_dir(env: Mapping[str, str] | None = None) -> Path:
-    """`RETAIN_MODEL_DIR`, else `$XDG_CACHE_HOME/retain/models`, else `~/.cache/retain/models`."""
-    env = os.environ if env is None else env
-    explicit = env.get("RETAIN_MODEL_DIR", "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    cache = env.get("XDG_CACHE_HOME", "").strip()
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "retain" / "models"
 
 
 def assemble(parts: Sequence[Path], dest: Path, *, size: int, sha256: str) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .base import Store
 from .sqlite import SQLiteStore
+from .vector_index import DEFAULT_CACHE_BYTES
 
 __all__ = ["SQLiteStore", "Store", "open_store", "sqlite_path"]
 
@@ -29,8 +30,10 @@ def sqlite_path(url: str) -> Path:
     return Path(url)
 
 
-def open_store(url: str, *, dimensions: int, embedder_id: str) -> Store:
-    """Open (and migrate) the store named by `url`: `sqlite:///path`, a file path, or `postgresql://...`."""
+def open_store(url: str, *, dimensions: int, embedder_id: str, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
+    """Open (and migrate) the store named by `url`: `sqlite:///path`, a file path, or `postgresql://...`.
+
+    `cache_bytes` bounds the per-process cache of users' vectors and keyword postings."""
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from .postgres import PostgresStore
@@ -39,8 +42,10 @@ def open_store(url: str, *, dimensions: int, embedder_id: str) -> Store:
                 f"RETAIN_STORE is a PostgreSQL URL but psycopg is not installed ({exc}); "
                 'install the extra: pip install "retain[postgres]".'
             ) from exc
-        return PostgresStore.from_url(url, dimensions=dimensions, embedder_id=embedder_id)
+        return PostgresStore.from_url(
+            url, dimensions=dimensions, embedder_id=embedder_id, vector_cache_bytes=cache_bytes
+        )
     path = sqlite_path(url)
     if str(path) in ("", ":memory:"):
         raise ConfigError("An in-memory SQLite store cannot be shared across threads; give a file path.")
-    return SQLiteStore(path, dimensions=dimensions, embedder_id=embedder_id)
+    return SQLiteStore(path, dimensions=dimensions, embedder_id=embedder_id, vector_cache_bytes=cache_bytes)

@@ -170,6 +170,14 @@ class VectorCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    @property
+    def max_bytes(self) -> int:
+        return self._max
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
     def get(self, name: str, version: int) -> Partition | None:
         with self._lock:
             entry = self._entries.get(name)
