@@ -29,6 +29,18 @@ def error_type(response: httpx.Response) -> str:
     return str(response.json()["error"]["type"])
 
 
+def test_search_counts_dates_in_the_query_from_at(live: Live) -> None:
+    c = live.client(live.acme)
+    for day in ("2024-03-01", "2024-03-20"):
+        body = {"messages": "I bought a smoker", "user_id": "dana", "infer": False, "at": f"{day}T12:00:00Z"}
+        assert c.post("/v1/memories", json=body).status_code == 200
+    ranked = {}
+    for asked in ("2024-03-11T12:00:00Z", "2024-03-30T12:00:00Z"):
+        body = {"query": "what did I buy 10 days ago", "user_id": "dana", "limit": 1, "at": asked}
+        ranked[asked] = c.post("/v1/memories/search", json=body).json()["results"][0]["valid_from"][:10]
+    assert ranked == {"2024-03-11T12:00:00Z": "2024-03-01", "2024-03-30T12:00:00Z": "2024-03-20"}
+
+
 def test_memory_routes_round_trip(live: Live) -> None:
     c = live.client(live.acme)
     tea = add_verbatim(c, "I love green tea")

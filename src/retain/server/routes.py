@@ -108,6 +108,7 @@ def search_memories(body: SearchRequest, memory: MemoryDep) -> SearchResult:
         limit=body.limit,
         threshold=body.threshold,
         as_of=body.as_of,
+        at=body.at,
         explain=body.explain,
     )
 

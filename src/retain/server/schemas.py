@@ -41,7 +41,10 @@ class SearchRequest(ScopeIn):
     filters: dict[str, Any] | None = None
     limit: int = Field(10, ge=1, le=1000)
     threshold: float | None = Field(None, ge=-1.0, le=1.0)
-    as_of: datetime | None = None
+    as_of: datetime | None = Field(None, description="Search the memories that were valid then (history).")
+    at: datetime | None = Field(
+        None, description='When the query is asked (default: now): dates in it such as "last week" count from it.'
+    )
     explain: bool = False
 
 
