@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -24,6 +23,7 @@ from .memory import Memory
 from .models import HistoryEntry, MemoryRecord
 from .settings import Settings
 from .transfer import export_jsonl, import_jsonl
+from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -305,9 +305,7 @@ def worker_command(ctx: click.Context, once: bool, poll: float) -> None:
                 click.echo(f"processed {memory.run_jobs()} jobs")
                 return
             click.echo("retain worker: waiting for jobs (Ctrl+C to stop)", err=True)
-            while True:
-                if not memory.run_jobs():
-                    time.sleep(poll)
+            Worker(memory, poll_seconds=poll).run_forever()
     except KeyboardInterrupt:
         pass
     finally:

@@ -6,6 +6,10 @@ worker takes the job over. A job's memory writes and its completion commit in
 one transaction, so a job's effects land exactly once. Run it in-process
 (`Memory.start_worker`, started by the first background add) or as its own
 process (`retain worker`).
+
+An idle worker polls every `poll_seconds`. A store that can push (PostgreSQL:
+LISTEN/NOTIFY) also wakes it as soon as any process queues a job, so a job
+queued by one API replica starts at once on a worker elsewhere.
 """
 
 from __future__ import annotations
@@ -42,12 +46,23 @@ class Worker:
             self._thread.join(timeout)
 
     def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self._memory.run_jobs(max_jobs=1)
-            except Exception:  # the loop must outlive any one failure; the job itself was released
-                logger.exception("background worker iteration failed")
-                ran = 0
-            if not ran:
-                self._wake.wait(self._poll)
-                self._wake.clear()
+        """Run jobs until `stop` (or an exception such as KeyboardInterrupt in the calling thread)."""
+        threading.Thread(target=self._listen, name="retain-job-listener", daemon=True).start()
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()  # before looking, so a wake-up during the run is not lost
+                try:
+                    ran = self._memory.run_jobs(max_jobs=1)
+                except Exception:  # the loop must outlive any one failure; the job itself was released
+                    logger.exception("background worker iteration failed")
+                    ran = 0
+                if not ran:
+                    self._wake.wait(self._poll)
+        finally:
+            self._stop.set()
+
+    def _listen(self) -> None:
+        try:
+            self._memory.store.listen_for_jobs(self.wake, self._stop)
+        except Exception:  # polling still finds every job
+            logger.exception("job notifications stopped; polling every %s s", self._poll)

@@ -9,8 +9,9 @@ backend must never return a row outside it.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +192,11 @@ class Store(ABC):
     def origins(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Origin]:
         """Each existing memory's `Origin`. This default reads whole records; a backend may read less."""
         return {r.id: origin_of(r) for r in self.get(tenant_id, ids)}
+
+    def listen_for_jobs(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        """Call `wake` when any process may have queued a job, until `stop` is set; blocks, so run it in a
+        thread. This default returns at once: workers of a store without push notifications poll."""
+        return
 
     @abstractmethod
     def list_memories(

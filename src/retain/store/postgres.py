@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -58,7 +60,13 @@ from .postgres_pool import BridgedPool, Connection, Cursor, Pool
 from .postgres_schema import MAX_KEY_BYTES, MIGRATION_LOCK, MIGRATIONS, SchemaContext
 from .vector_index import DEFAULT_CACHE_BYTES, NO_EXPIRY, Partition, VectorCache, current_partition, to_blob, top_k
 
+logger = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT_SECONDS = 10
+#: Workers LISTEN on this channel; a transaction that queues a job NOTIFYs it.
+JOB_CHANNEL = "retain_jobs"
+#: How often a listener looks up from waiting to see whether it should stop.
+LISTEN_CHECK_SECONDS = 1.0
 #: Per-connection settings. JIT compiles plans for "expensive" queries; a user's KNN sort crosses
 #: that threshold and JIT then adds tens of milliseconds to a query that takes two.
 SESSION_SETUP = "SET jit = off"
@@ -515,6 +523,7 @@ class PostgresStore(Store):
             if events:
                 cur.executemany(_INSERT_EVENT, events)
             if batch.jobs:
+                cur.execute("SELECT pg_notify(%s, '')", (JOB_CHANNEL,))  # delivered at commit
                 cur.executemany(
                     "INSERT INTO jobs (id, tenant_id, user_id, agent_id, run_id, kind, payload, status, attempts, "
                     "max_attempts, run_after, created_at, updated_at) "
@@ -1039,7 +1048,28 @@ class PostgresStore(Store):
                 "WHERE id = %s AND tenant_id = %s AND status IN ('dead', 'queued')",
                 (now, now, job_id, tenant_id),
             )
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False
+            cur.execute("SELECT pg_notify(%s, '')", (JOB_CHANNEL,))
+            return True
+
+    def listen_for_jobs(self, wake: Callable[[], None], stop: threading.Event) -> None:
+        # One connection of its own (not the pool's): LISTEN belongs to a session. Lost connections are
+        # reopened with backoff; after each (re)connect `wake` runs once for jobs queued meanwhile.
+        backoff = 0.5
+        while not (stop.is_set() or self._closed):
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+                    conn.execute(f"LISTEN {JOB_CHANNEL}")
+                    backoff = 0.5
+                    wake()
+                    while not (stop.is_set() or self._closed):
+                        for _ in conn.notifies(timeout=LISTEN_CHECK_SECONDS):
+                            wake()
+            except psycopg.Error as exc:
+                logger.warning("job notifications from %s interrupted (%s); retrying", self.display, exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     def job_counts(self) -> dict[str, int]:
         rows = self._fetch("SELECT status, count(*) FROM jobs GROUP BY status")
