@@ -34,16 +34,26 @@ from typing import Any
 
 import apsw
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import StoreError
 from ..filters import And, Condition, Filter, Not, Or
 from ..models import ChatMessage, HistoryEntry, MemoryRecord, PurgeCounts, Scope
 from ..timeutil import from_micros
-from . import _rows
+from . import _rows, keyword_index
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Origin, Store, Vector, WriteBatch, WriteOutcome
 from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
-from .vector_index import DEFAULT_CACHE_BYTES, VectorCache, bump_versions, load_partition, to_blob, top_k
+from .vector_index import (
+    DEFAULT_CACHE_BYTES,
+    NO_EXPIRY,
+    VectorCache,
+    bump_versions,
+    load_partition,
+    to_blob,
+    top_k,
+    version_of,
+)
 
 BUSY_TIMEOUT_MS = 60_000
 BM25_K1 = 1.2
@@ -53,6 +63,8 @@ RESCORE_FACTOR = 4
 RESCORE_MIN = 200
 MAX_QUERY_TERMS = 64
 PARTITIONS_PER_QUERY = 32
+#: A user's keyword postings are cached under their partition's name with this in front.
+POSTINGS_KEY = "postings\x1f"
 
 
 def _insert(table: str, fields: Sequence[str], verb: str = "INSERT") -> str:
@@ -489,6 +501,12 @@ class SQLiteStore(Store):
         if not tokens:
             return []
         db = self._db()
+        if scope.user_id is not None and as_of is None:  # BM25 in numpy over the user's cached postings
+            postings = self._postings(db, scope.tenant_id, scope.user_id)
+            keep = postings.mask(scope.agent_id, scope.run_id, None, now)
+            if where is not None:
+                keep &= np.isin(postings.rowids, self._allowed(db, scope, where))
+            return [Candidate(id, score) for id, score in keyword_index.partition_top_k(postings, keep, tokens, k)]
         partitions = self._partitions(db, scope)
         ssql, sparams = _scope_sql(scope)
         validity, vparams = _validity_sql(as_of)
@@ -523,6 +541,47 @@ class SQLiteStore(Store):
             scored += db.execute(sql, (params, match, *sparams, *vparams, *eparams, pool)).fetchall()
         scored.sort(key=lambda pair: -pair[1])
         return self._candidates(db, scope, scored[:k], now)
+
+    def _postings(self, db: Any, tenant_id: str, user_id: str) -> keyword_index.Postings:
+        """The keyword postings of a user's current memories, from the cache when they are current.
+
+        Validated by the partition's version row like its vectors (vector_index.py); the memories are
+        tokenised as `_index` tokenised them, so the scores are the FTS5 path's (keyword_index.py).
+        """
+        name = partition_of(tenant_id, user_id)
+        key = POSTINGS_KEY + name
+        with db:  # one snapshot for the version and the rows
+            version = version_of(db, name)
+            cached = self._vectors.get(key, version)
+            if isinstance(cached, keyword_index.Postings):
+                return cached
+            rows = db.execute(
+                "SELECT rowid, id, agent_id, run_id, expires_at, coalesce(nullif(index_text, ''), text) "
+                "FROM memories WHERE tenant_id = ? AND user_id = ? AND valid_to IS NULL ORDER BY rowid",
+                (tenant_id, user_id),
+            ).fetchall()
+        n = len(rows)
+        postings = keyword_index.from_tokens(
+            version,
+            rowids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+            ids=np.array([r[1] for r in rows], dtype=object),
+            agent=np.array([r[2] for r in rows], dtype=object),
+            run=np.array([r[3] for r in rows], dtype=object),
+            expires_at=np.fromiter((NO_EXPIRY if r[4] is None else r[4] for r in rows), dtype=np.int64, count=n),
+            tokens=[self._tokens(r[5]) for r in rows],
+        )
+        self._vectors.put(key, postings)
+        return postings
+
+    @staticmethod
+    def _allowed(db: Any, scope: Scope, where: Filter) -> npt.NDArray[np.int64]:
+        """The rowids of the scope's current memories that pass `where`."""
+        ssql, sparams = _scope_sql(scope)
+        fsql, fparams = _compile(where)
+        rows = db.execute(
+            f"SELECT m.rowid FROM memories m WHERE {ssql} AND m.valid_to IS NULL AND {fsql}", sparams + fparams
+        )
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
     @staticmethod
     def _phrases(db: Any, prefixes: list[str], tokens: list[str]) -> tuple[list[str], str]:
