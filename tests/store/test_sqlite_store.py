@@ -351,3 +351,30 @@ def test_keyword_postings_share_the_vector_cache_budget(tmp_path: Path) -> None:
     assert {key.split("\x1f")[0] for key in store._vectors._entries} == {"postings"}
     small.close()
     store.close()
+
+
+def test_reads_after_a_search_served_from_the_cached_rows_match_sql(tmp_path: Path) -> None:
+    """`vector_search`, `origins`, `similarity` and `vectors` read a searched user's cached rows; same answers."""
+    path = tmp_path / "rows.db"
+    writer, memories = _filled(path)
+    reader = SQLiteStore(path, dimensions=16, embedder_id="hash")
+    cold = SQLiteStore(path, dimensions=16, embedder_id="hash", vector_cache_bytes=0)  # always SQL
+    user = Scope(user_id="u")
+    query = HashEmbedder(16).embed(["tea berlin"])[0]
+    ids = [m.id for m in memories] + ["missing"]
+    for step in range(3):
+        _keyword(reader, user, "tea")  # caches the user's rows (and vector_search its vectors)
+        for now in (0, 10):
+            dense = reader.vector_search(user, query, 100, None, None, now)
+            assert dense == cold.vector_search(user, query, 100, None, None, now)
+        assert reader.origins("default", ids) == cold.origins("default", ids)
+        assert reader.similarity("default", ids, query) == cold.similarity("default", ids, query)
+        assert reader.vectors("default", ids).keys() == cold.vectors("default", ids).keys()
+        if step == 0:  # a change the reader has not seen: the cached rows are stale until it searches again
+            writer.write("default", WriteBatch(at=3, invalidate=[Invalidate(id=memories[3].id, valid_to=3)]))
+            assert reader.origins("default", ids) == cold.origins("default", ids)
+        if step == 1:
+            writer.purge_lineage("default", memories[5].lineage_id)
+            assert reader.similarity("default", ids, query) == cold.similarity("default", ids, query)
+    for store in (reader, cold, writer):
+        store.close()

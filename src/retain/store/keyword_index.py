@@ -189,10 +189,16 @@ def from_tokens(
     ids: npt.NDArray[np.object_],
     agent: npt.NDArray[np.object_],
     run: npt.NDArray[np.object_],
+    valid_from: npt.NDArray[np.int64],
     expires_at: npt.NDArray[np.int64],
     tokens: Sequence[Sequence[str]],
+    cls: type[Postings] = Postings,
+    **extra: Any,
 ) -> Postings:
-    """Postings of current memories from their tokens in order; a row's length counts every token."""
+    """Postings of current memories from their tokens in order; a row's length counts every token.
+
+    `cls` and `extra`: a subclass that carries more columns, and their values.
+    """
     n = len(tokens)
     vocabulary: dict[str, int] = {}
     codes = np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for ts in tokens for t in ts), dtype=np.int64)
@@ -202,16 +208,18 @@ def from_tokens(
     keys, counts = np.unique(codes * max(n, 1) + docs, return_counts=True)
     offsets = np.zeros(len(vocabulary) + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // max(n, 1), minlength=len(vocabulary)), out=offsets[1:])
-    return Postings(
+    return cls(
         version=version,
         rowids=rowids,
         matrix=np.zeros((n, 0), dtype=np.float32),
         agent=agent,
         run=run,
-        valid_from=np.zeros(n, dtype=np.int64),
+        valid_from=valid_from,
         valid_to=np.full(n, OPEN_END, dtype=np.int64),
         ids=ids,
         expires_at=expires_at,
+        rows_by_id={id: row for row, id in enumerate(ids.tolist())},
+        **extra,
         vocabulary=vocabulary,
         offsets=offsets,
         docs=(keys % max(n, 1)).astype(np.int32),
