@@ -727,29 +727,53 @@ class SQLiteStore(Store):
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
         query = np.frombuffer(to_blob(vector), dtype=np.float32)
-        return {id: float(stored @ query) for id, stored in self.vectors(tenant_id, ids).items()}
+        if not ids:
+            return {}
+        db = self._db()
+        found, matrix = self._cached_vectors(db, tenant_id, ids)
+        out = {id: float(stored @ query) for id, stored in zip(found, matrix, strict=True)}  # as for stored ones
+        rest = [id for id in ids if id not in out]
+        return out | {id: float(stored @ query) for id, stored in self._stored_vectors(db, tenant_id, rest).items()}
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:
             return {}
         db = self._db()
-        found: dict[str, Vector] = {}
+        found, matrix = self._cached_vectors(db, tenant_id, ids)
+        out = dict(zip(found, matrix, strict=True))
+        return out | self._stored_vectors(db, tenant_id, [id for id in ids if id not in out])
+
+    def _cached_vectors(self, db: Any, tenant_id: str, ids: Sequence[str]) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """The ids among `ids` whose vectors the cache holds at their user's current version, and those vectors."""
+        by_user: dict[str, tuple[UserRows, list[str], list[int]]] = {}
         for id, (name, rows, row) in self._cached_rows(db, tenant_id, ids).items():
-            # The user's vectors, when cached at the same version as the rows (both follow its version row).
+            entry = by_user.setdefault(name, (rows, [], []))
+            entry[1].append(id)
+            entry[2].append(row)
+        found: list[str] = []
+        blocks = [np.zeros((0, self.dimensions), dtype=np.float32)]
+        for name, (rows, user_ids, user_rows) in by_user.items():
+            # The user's vectors, when cached at the same version as its rows (both follow its version row).
             partition = self._vectors.get(name, rows.version)
             if partition is None or isinstance(partition, keyword_index.Postings):
                 continue
-            at = int(np.searchsorted(partition.rowids, rows.rowids[row]))
-            if at < len(partition.rowids) and partition.rowids[at] == rows.rowids[row]:
-                found[id] = partition.matrix[at].copy()
-        if rest := [id for id in ids if id not in found]:
-            for id, blob in db.execute(
-                "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
-                "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
-                (tenant_id, json.dumps(rest)),
-            ):
-                found[id] = np.frombuffer(blob, dtype=np.float32).copy()
-        return found
+            rowids = rows.rowids[user_rows]
+            at = np.searchsorted(partition.rowids, rowids)
+            at[at == len(partition.rowids)] = 0
+            held = partition.rowids[at] == rowids
+            found += [id for id, ok in zip(user_ids, held.tolist(), strict=True) if ok]
+            blocks.append(partition.matrix[at[held]])
+        return found, np.concatenate(blocks)
+
+    def _stored_vectors(self, db: Any, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
+        if not ids:
+            return {}
+        rows = db.execute(
+            "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+            "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+            (tenant_id, json.dumps(list(ids))),
+        ).fetchall()
+        return {id: np.frombuffer(blob, dtype=np.float32).copy() for id, blob in rows}
 
     def history(self, tenant_id: str, lineage_id: str) -> list[HistoryEntry]:
         rows = (
