@@ -7,12 +7,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
 
 from retain import ConfigError, Memory, Settings, StoreError
+from retain.filters import Filter, parse_filters
+from retain.memory import new_id, text_hash
+from retain.models import Scope
 from retain.store import open_store, sqlite_path
+from retain.store.base import Invalidate, NewMemory, Supersede, WriteBatch
 from retain.store.sqlite import SQLiteStore
 from retain.store.sqlite_schema import MIGRATIONS
 from retain.testing import HashEmbedder
@@ -223,3 +228,165 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
     assert reopened.store.check_integrity() == []
     assert reopened.search("delta", user_id="a").results[0].memory == "alpha beta delta"
     reopened.close()
+
+
+# -- keyword search over the cached postings (keyword_index.partition_top_k) ---------------------------
+
+FAR_FUTURE = 1 << 61
+
+
+def _memory(scope: Scope, text: str, at: int, **extra: Any) -> NewMemory:
+    id = new_id()
+    return NewMemory(
+        id=id,
+        lineage_id=id,
+        scope=scope,
+        text=text,
+        category=None,
+        metadata=extra.pop("metadata", {}),
+        hash=text_hash(text),
+        valid_from=at,
+        source_message_ids=[],
+        embedding=HashEmbedder(16).embed([text])[0],
+        **extra,
+    )
+
+
+def _keyword(
+    store: SQLiteStore, scope: Scope, query: str, where: Filter | None = None, now: int = 10
+) -> dict[str, float]:
+    return {c.id: c.score for c in store.keyword_search(scope, query, 100, where, None, now)}
+
+
+def _keyword_in_fts5(
+    store: SQLiteStore, scope: Scope, query: str, where: Filter | None = None, now: int = 10
+) -> dict[str, float]:
+    """The FTS5 path: `as_of` far in the future selects the current memories, scored with the same statistics."""
+    return {c.id: c.score for c in store.keyword_search(scope, query, 100, where, FAR_FUTURE, now)}
+
+
+def _filled(path: Path) -> tuple[SQLiteStore, list[NewMemory]]:
+    store = SQLiteStore(path, dimensions=16, embedder_id="hash")
+    words = ["tea", "berlin", "coffee", "pottery", "dog", "running", "rain", "tea tea", "piano"]
+    memories = []
+    for i in range(60):
+        scope = Scope(user_id="u", agent_id=["a", "b", None][i % 3], run_id=["r1", None][i % 2])
+        text = f"note {i}: " + " ".join(words[(i * j) % len(words)] for j in range(1 + i % 5))
+        expires = {"expires_at": 5} if i % 11 == 0 else {}
+        memories.append(_memory(scope, text, 1, metadata={"n": i, "kind": ["x", "y"][i % 2]}, **expires))
+    memories.append(_memory(Scope(user_id="other"), "tea and berlin for someone else", 1))
+    store.write("default", WriteBatch(at=1, memories=memories))
+    replacement = _memory(memories[1].scope, "note 1 revised: tea in berlin", 2)
+    store.write(
+        "default",
+        WriteBatch(
+            at=2,
+            memories=[replacement],
+            supersede=[Supersede(old_id=memories[1].id, new_id=replacement.id, valid_to=2)],
+            invalidate=[Invalidate(id=memories[2].id, valid_to=2)],
+        ),
+    )
+    store.purge_lineage("default", memories[4].lineage_id)
+    return store, memories
+
+
+def test_cached_keyword_scores_equal_the_fts5_paths(tmp_path: Path) -> None:
+    """Same candidates, same scores to the last bit, for scopes, filters and expiry (a few dozen rows: FTS5's
+    rescored pool holds every match, so both paths rank all of them)."""
+    store, memories = _filled(tmp_path / "kw.db")
+    user = Scope(user_id="u")
+    cases: list[tuple[Scope, Filter | None]] = [
+        (user, None),
+        (Scope(user_id="u", agent_id="a"), None),
+        (Scope(user_id="u", run_id="r1"), None),
+        (user, parse_filters({"kind": "x"})),
+        (user, parse_filters({"n": {"gte": 30}})),
+    ]
+    for query in ("tea", "tea berlin", "coffee dog piano", "note", "rain running pottery tea", "nothing"):
+        for scope, where in cases:
+            for now in (0, 10):
+                cached = _keyword(store, scope, query, where, now)
+                assert cached == _keyword_in_fts5(store, scope, query, where, now), (query, scope, where, now)
+    tea = _keyword(store, user, "tea")
+    assert tea and memories[-1].id not in tea  # another user's
+    assert memories[0].id not in tea and memories[0].id in _keyword(store, user, "tea", now=0)  # expired at 5
+    assert memories[1].id not in tea and memories[2].id not in _keyword(store, user, "note")  # ended
+    assert [p for p in store.check_integrity() if not p.startswith("memory without events")] == []
+    store.close()
+
+
+def test_keyword_cache_follows_writes_from_other_store_instances(tmp_path: Path) -> None:
+    """Each instance (like each process) caches postings; the partition's version row keeps them honest."""
+    path = tmp_path / "shared.db"
+    writer, _ = _filled(path)
+    reader = SQLiteStore(path, dimensions=16, embedder_id="hash")
+    user = Scope(user_id="u")
+
+    def check() -> dict[str, float]:
+        cached = _keyword(reader, user, "tea berlin")
+        assert cached == _keyword_in_fts5(writer, user, "tea berlin")
+        return cached
+
+    before = check()
+    added = _memory(user, "berlin berlin tea", 3)
+    writer.write("default", WriteBatch(at=3, memories=[added]))
+    assert added.id in check()
+    gone = next(iter(before))
+    writer.write("default", WriteBatch(at=4, invalidate=[Invalidate(id=gone, valid_to=4)]))
+    assert gone not in check()
+    writer.purge_lineage("default", added.lineage_id)
+    assert added.id not in check()
+    writer.purge_scope(user)
+    assert _keyword(reader, user, "tea berlin") == {}
+    reader.close()
+    writer.close()
+
+
+def test_keyword_search_without_a_user_or_with_as_of_stays_in_fts5(tmp_path: Path) -> None:
+    store, memories = _filled(tmp_path / "fallback.db")
+    agent = _keyword(store, Scope(agent_id="a"), "tea")
+    assert agent and all(m.scope.agent_id == "a" for m in memories if m.id in agent)
+    historic = {c.id for c in store.keyword_search(Scope(user_id="u"), "note", 100, None, 1, 0)}
+    assert memories[1].id in historic and memories[2].id in historic  # valid at 1, ended at 2
+    assert not any(key.startswith("postings") for key in store._vectors._entries)
+    store.close()
+
+
+def test_keyword_postings_share_the_vector_cache_budget(tmp_path: Path) -> None:
+    store, _ = _filled(tmp_path / "budget.db")
+    expected = _keyword(store, Scope(user_id="u"), "tea berlin")
+    small = SQLiteStore(tmp_path / "budget.db", dimensions=16, embedder_id="hash", vector_cache_bytes=2_000)
+    assert _keyword(small, Scope(user_id="u"), "tea berlin") == expected  # too big to cache: read every time
+    assert small._vectors._bytes <= 2_000 and not small._vectors._entries
+    _keyword(store, Scope(user_id="other"), "tea")
+    assert store._vectors._bytes == sum(p.nbytes for p in store._vectors._entries.values())
+    assert {key.split("\x1f")[0] for key in store._vectors._entries} == {"postings"}
+    small.close()
+    store.close()
+
+
+def test_reads_after_a_search_served_from_the_cached_rows_match_sql(tmp_path: Path) -> None:
+    """`vector_search`, `origins`, `similarity` and `vectors` read a searched user's cached rows; same answers."""
+    path = tmp_path / "rows.db"
+    writer, memories = _filled(path)
+    reader = SQLiteStore(path, dimensions=16, embedder_id="hash")
+    cold = SQLiteStore(path, dimensions=16, embedder_id="hash", vector_cache_bytes=0)  # always SQL
+    user = Scope(user_id="u")
+    query = HashEmbedder(16).embed(["tea berlin"])[0]
+    ids = [m.id for m in memories] + ["missing"]
+    for step in range(3):
+        _keyword(reader, user, "tea")  # caches the user's rows (and vector_search its vectors)
+        for now in (0, 10):
+            dense = reader.vector_search(user, query, 100, None, None, now)
+            assert dense == cold.vector_search(user, query, 100, None, None, now)
+        assert reader.origins("default", ids) == cold.origins("default", ids)
+        assert reader.similarity("default", ids, query) == cold.similarity("default", ids, query)
+        assert reader.vectors("default", ids).keys() == cold.vectors("default", ids).keys()
+        if step == 0:  # a change the reader has not seen: the cached rows are stale until it searches again
+            writer.write("default", WriteBatch(at=3, invalidate=[Invalidate(id=memories[3].id, valid_to=3)]))
+            assert reader.origins("default", ids) == cold.origins("default", ids)
+        if step == 1:
+            writer.purge_lineage("default", memories[5].lineage_id)
+            assert reader.similarity("default", ids, query) == cold.similarity("default", ids, query)
+    for store in (reader, cold, writer):
+        store.close()

@@ -1,4 +1,7 @@
-"""Per-user BM25 in numpy over a per-process cache of PostgreSQL's term vectors.
+"""Per-user BM25 in numpy over a per-process cache of each user's term postings.
+
+Both stores use it for searches of a user's current memories (scopes without a
+user, and SQLite's `as_of` searches, stay in SQL).
 
 BM25 needs every memory of the user that holds a query term: its document
 frequency and average length come from all of them. In SQL that means reading
@@ -15,10 +18,20 @@ without a user): Okapi BM25 with k1 = 1.2 and b = 0.75, N the number of memory
 versions in scope, document frequency and average length over the matches that
 pass the filters, document length the number of distinct lexemes. Term
 frequencies are exact here, where the SQL recovers them from `ts_rank`.
+
+SQLite (`partition_top_k`) scores as its FTS5 path's `retain_bm25` does, from the
+postings of the user's current memories tokenised as they were indexed
+(`from_tokens`): N, the document frequencies and the average length are over
+all of them (what the `keyword_stats` row and the prefixed terms in
+`memory_fts_vocab` count), whatever the scope's agent, run, filters and expiry
+then drop, and a document's length counts every token. Where FTS5 only
+rescores the 200 rows its table-wide bm25() ranks first, this ranks every
+match, so a common word cannot push a better match out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -166,6 +179,94 @@ def top_k(
         df = len(docs)
         idf = np.log(1 + (in_scope - df + 0.5) / (df + 0.5))
         score[docs] += idf * counts * (K1 + 1) / (counts + norm[docs])
+    return _best(postings, rows, score, k)
+
+
+def from_tokens(
+    version: int,
+    *,
+    rowids: npt.NDArray[np.int64],
+    ids: npt.NDArray[np.object_],
+    agent: npt.NDArray[np.object_],
+    run: npt.NDArray[np.object_],
+    valid_from: npt.NDArray[np.int64],
+    expires_at: npt.NDArray[np.int64],
+    tokens: Sequence[Sequence[str]],
+    cls: type[Postings] = Postings,
+    **extra: Any,
+) -> Postings:
+    """Postings of current memories from their tokens in order; a row's length counts every token.
+
+    `cls` and `extra`: a subclass that carries more columns, and their values.
+    """
+    n = len(tokens)
+    vocabulary: dict[str, int] = {}
+    codes = np.fromiter((vocabulary.setdefault(t, len(vocabulary)) for ts in tokens for t in ts), dtype=np.int64)
+    lengths = np.fromiter((len(ts) for ts in tokens), dtype=np.int64, count=n)
+    docs = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    # One entry per (lexeme, row), sorted by lexeme then row, with its number of occurrences.
+    keys, counts = np.unique(codes * max(n, 1) + docs, return_counts=True)
+    offsets = np.zeros(len(vocabulary) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // max(n, 1), minlength=len(vocabulary)), out=offsets[1:])
+    return cls(
+        version=version,
+        rowids=rowids,
+        matrix=np.zeros((n, 0), dtype=np.float32),
+        agent=agent,
+        run=run,
+        valid_from=valid_from,
+        valid_to=np.full(n, OPEN_END, dtype=np.int64),
+        ids=ids,
+        expires_at=expires_at,
+        rows_by_id={id: row for row, id in enumerate(ids.tolist())},
+        **extra,
+        vocabulary=vocabulary,
+        offsets=offsets,
+        docs=(keys % max(n, 1)).astype(np.int32),
+        counts=counts.astype(np.float32),
+        lengths=lengths.astype(np.float32),
+    )
+
+
+def partition_top_k(
+    postings: Postings, keep: npt.NDArray[np.bool_], lexemes: Sequence[str], k: int
+) -> list[tuple[str, float]]:
+    """The `k` best (id, BM25) pairs among the rows in `keep`, scored as SQLite's `retain_bm25` scores them.
+
+    N, document frequency and average length are over every row of `postings` (the partition's current
+    memories); the arithmetic is `sqlite._bm25`'s, operation for operation, so the scores are equal to
+    the last bit.
+    """
+    assert postings.lengths is not None
+    n = len(postings.lengths)
+    if not n:
+        return []
+    lengths = postings.lengths.astype(np.float64)
+    avgdl = max(float(lengths.sum()) / n, 1.0)
+    norm0, norm1 = K1 * (1.0 - B), (K1 * B) * lengths / avgdl
+    score = np.zeros(n, dtype=np.float64)
+    matched = np.zeros(n, dtype=np.bool_)
+    for lexeme in dict.fromkeys(lexemes):
+        hit = postings.postings(lexeme)
+        if hit is None:
+            continue
+        docs, counts = hit
+        df = len(docs)
+        idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        allowed = keep[docs]
+        docs, tf = docs[allowed], counts[allowed].astype(np.float64)
+        score[docs] += idf * tf * (K1 + 1.0) / (tf + norm0 + norm1[docs])
+        matched[docs] = True
+    return _best(postings, np.flatnonzero(matched), score, k)
+
+
+def _best(
+    postings: Postings, rows: npt.NDArray[np.int64], score: npt.NDArray[np.float64], k: int
+) -> list[tuple[str, float]]:
+    """The `k` best of `rows` by `score` as (id, score), ties by id."""
+    assert postings.ids is not None
+    if not len(rows):
+        return []
     scores = score[rows]
     if len(rows) > k:  # the k best, and whatever ties the k-th (the order among ties is by id)
         cut = np.partition(scores, len(scores) - k)[len(scores) - k]

@@ -242,7 +242,7 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
             return cached
         rows = db.execute(
             "SELECT memory_rowid, agent_id, run_id, valid_from, valid_to, embedding FROM memory_vectors "
-            "WHERE partition = ?",
+            "WHERE partition = ? ORDER BY memory_rowid",
             (name,),
         ).fetchall()
     matrix = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.float32).reshape(len(rows), dimensions)
