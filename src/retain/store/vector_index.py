@@ -16,6 +16,16 @@ every version (so `as_of` searches use it too). PostgreSQL caches a user's
 current memories only, with their ids and expiry, so a warm search needs no
 query besides the version's; `as_of` searches run in SQL (postgres.py).
 
+A partition cached at an earlier version is brought up to date rather than read
+again when the user only gained memories since: writers that end, supersede,
+delete, purge or import memories also set the row's `reset` to the new version,
+so while `reset` stays what the cached copy saw, the rows numbered above its
+`max_seq` are all that changed, and are read and appended (`Partition.extended`;
+the chat loop "search, add, search" then reads one row, not the user's
+partition). In SQLite triggers set `reset` (sqlite_schema `_m006`) and any
+other change reads the partition again; PostgreSQL reads which memories remain
+and drops the rest (`Partition.restricted`).
+
 The cache's lock guards only the dictionary: partitions are read from the
 database outside it and swapped in under it, so no thread (or greenlet) ever
 holds it across I/O.
