@@ -230,6 +230,41 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
     reopened.close()
 
 
+def test_m006_adds_partition_resets_set_by_triggers(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    m = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False, index_context_turns=0))
+    (first, second) = m.add(["alpha beta", "gamma"], user_id="a", infer=False).results
+    m.close()
+    db = apsw.Connection(str(path))  # roll the file back to before m006
+    for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {trigger}")
+    db.execute("ALTER TABLE partition_versions DROP COLUMN reset; DELETE FROM schema_migrations WHERE version = 6")
+    db.close()
+    reopened = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False))
+    store = reopened.store
+    assert isinstance(store, SQLiteStore)
+
+    def versions() -> tuple[int, int]:
+        row = store._db().execute("SELECT version, reset FROM partition_versions").fetchone()
+        return int(row[0]), int(row[1])
+
+    version, reset = versions()
+    assert reset == 0
+    assert reopened.search("gamma", user_id="a").results[0].memory == "gamma"
+    reopened.add("delta", user_id="a", infer=False)
+    assert versions() == (version + 1, 0)  # an add moves only the version
+    before = version + 1
+    reopened.update(first.id, text="alpha beta epsilon")
+    version, reset = versions()
+    assert version >= reset > before  # ending a memory marks the partition reset
+    store._db().execute("UPDATE memories SET updated_at = 1, access_count = 5")  # bookkeeping: nothing cached
+    assert versions() == (version, reset)
+    store._db().execute("DELETE FROM memories WHERE id = ?", (second.id,))  # any code, e.g. an older Retain's
+    version, reset = versions()
+    assert reset == version > 0
+    reopened.close()
+
+
 # -- keyword search over the cached postings (keyword_index.partition_top_k) ---------------------------
 
 FAR_FUTURE = 1 << 61

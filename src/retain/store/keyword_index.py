@@ -150,6 +150,7 @@ def build(version: int, rows: Sequence[tuple[Any, ...]], reset: int = 0, max_seq
         lengths=lengths.astype(np.float32),
         reset=reset,
         max_seq=max_seq,
+        positional=True,
     )
 
 

@@ -39,7 +39,7 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,13 @@ from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 from .vector_index import (
     DEFAULT_CACHE_BYTES,
     NO_EXPIRY,
+    Partition,
     VectorCache,
     bump_versions,
     load_partition,
     to_blob,
     top_k,
-    version_of,
+    versions_of,
 )
 
 BUSY_TIMEOUT_MS = 60_000
@@ -110,6 +111,15 @@ class UserRows(keyword_index.Postings):
     @property
     def nbytes(self) -> int:
         return super().nbytes + len(self.rowids) * 16
+
+    def extended(self, extra: Partition) -> UserRows:
+        assert isinstance(extra, UserRows) and extra.roles is not None and extra.names is not None
+        assert self.roles is not None and self.names is not None
+        rows = super().extended(extra)
+        assert isinstance(rows, UserRows)
+        return replace(
+            rows, roles=np.concatenate([self.roles, extra.roles]), names=np.concatenate([self.names, extra.names])
+        )
 
 
 def partition_of(tenant_id: str, user_id: str | None) -> str:
@@ -592,22 +602,32 @@ class SQLiteStore(Store):
     def _postings(self, db: Any, tenant_id: str, user_id: str) -> UserRows:
         """The keyword postings of a user's current memories, from the cache when they are current.
 
-        Validated by the partition's version row like its vectors (vector_index.py); the memories are
-        tokenised as `_index` tokenised them, so the scores are the FTS5 path's (keyword_index.py).
+        Validated by the partition's version row like its vectors, and brought up to date the same way
+        (`load_partition`): when the user only gained memories since the cached copy, just those are read,
+        tokenised and appended. The memories are tokenised as `_index` tokenised them, so the scores are
+        the FTS5 path's (keyword_index.py).
         """
         name = partition_of(tenant_id, user_id)
         key = POSTINGS_KEY + name
+        cacheable = not db.in_transaction
+        sql = (
+            "SELECT m.rowid, m.id, m.agent_id, m.run_id, m.expires_at, "
+            f"coalesce(nullif(m.index_text, ''), m.text), m.valid_from, {_ROLE_AND_NAME} "
+            "FROM memories m WHERE m.tenant_id = ? AND m.user_id = ? AND m.valid_to IS NULL"
+        )
         with db:  # one snapshot for the version and the rows
-            version = version_of(db, name)
+            version, reset = versions_of(db, name)
             cached = self._vectors.get(key, version)
             if isinstance(cached, UserRows):
                 return cached
-            rows = db.execute(
-                "SELECT m.rowid, m.id, m.agent_id, m.run_id, m.expires_at, "
-                f"coalesce(nullif(m.index_text, ''), m.text), m.valid_from, {_ROLE_AND_NAME} "
-                "FROM memories m WHERE m.tenant_id = ? AND m.user_id = ? AND m.valid_to IS NULL ORDER BY m.rowid",
-                (tenant_id, user_id),
-            ).fetchall()
+            base = self._vectors.peek(key)
+            if not isinstance(base, UserRows) or base.version > version or base.reset != reset:
+                base = None
+            if base is None:
+                rows = db.execute(sql + " ORDER BY m.rowid", (tenant_id, user_id)).fetchall()
+            else:
+                rows = db.execute(sql + " AND m.rowid > ? ORDER BY m.rowid", (tenant_id, user_id, base.max_seq))
+                rows = rows.fetchall()
         n = len(rows)
         postings = keyword_index.from_tokens(
             version,
@@ -621,9 +641,14 @@ class SQLiteStore(Store):
             cls=UserRows,
             roles=np.array([r[7] for r in rows], dtype=object),
             names=np.array([r[8] for r in rows], dtype=object),
+            reset=reset,
+            max_seq=int(rows[-1][0]) if rows else 0,
         )
+        if base is not None:
+            postings = base.extended(postings)
         assert isinstance(postings, UserRows)
-        self._vectors.put(key, postings)
+        if cacheable:
+            self._vectors.put(key, postings)
         return postings
 
     def _cached_rows(self, db: Any, tenant_id: str, ids: Sequence[str]) -> dict[str, tuple[str, UserRows, int]]:
@@ -1045,7 +1070,7 @@ class SQLiteStore(Store):
                 elif kind == "message":
                     db.execute(_IMPORT_MESSAGE, _rows.imported(tenant_id, MESSAGE_FIELDS, row))
                     inserted += db.changes()
-            bump_versions(db, touched)
+            bump_versions(db, touched, reset=True)  # not only appends: imported rows may be of any age
         return inserted
 
     def _import_memory(self, db: Any, tenant_id: str, row: dict[str, Any], vector: Vector) -> str:

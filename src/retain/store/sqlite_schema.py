@@ -199,6 +199,45 @@ def _m005_index_text_and_keyword_stats(db: apsw.Connection, ctx: SchemaContext) 
     db.executemany("INSERT INTO keyword_stats VALUES (?, ?, ?)", [(k, d, t) for k, (d, t) in stats.items()])
 
 
+#: Marks a partition changed by more than additions: its version moves on and `reset` with it.
+_RESET_PARTITION = (
+    "INSERT INTO partition_versions (partition, version, reset) VALUES ({partition}, 1, 1) "
+    "ON CONFLICT (partition) DO UPDATE SET version = version + 1, reset = version + 1;"
+)
+
+
+def _m006_partition_resets(db: apsw.Connection, ctx: SchemaContext) -> None:
+    # `reset`: the version of the partition's last change that did more than add memories. A process
+    # whose cached copy of a partition (vector_index.py, keyword_index.py) has the current `reset` reads
+    # only the rows added since; otherwise it reads the partition again. Triggers set it, so every
+    # statement that ends, rewrites or deletes a memory or its vector marks it, whatever code runs it
+    # (also a process of an older Retain that shares the file). Writes that only touch bookkeeping
+    # columns (updated_at, access counts) do not change what is cached and fire nothing.
+    memory_partition = "{row}.tenant_id || char(31) || coalesce({row}.user_id, '')"
+    cached_columns = (
+        "tenant_id, user_id, agent_id, run_id, text, index_text, metadata, valid_from, valid_to, expires_at"
+    )
+    db.execute(
+        f"""
+        ALTER TABLE partition_versions ADD COLUMN reset INTEGER NOT NULL DEFAULT 0;
+        CREATE TRIGGER memories_reset_on_update AFTER UPDATE OF {cached_columns} ON memories BEGIN
+            {_RESET_PARTITION.format(partition=memory_partition.format(row="old"))}
+            {_RESET_PARTITION.format(partition=memory_partition.format(row="new"))}
+        END;
+        CREATE TRIGGER memories_reset_on_delete AFTER DELETE ON memories BEGIN
+            {_RESET_PARTITION.format(partition=memory_partition.format(row="old"))}
+        END;
+        CREATE TRIGGER memory_vectors_reset_on_update AFTER UPDATE ON memory_vectors BEGIN
+            {_RESET_PARTITION.format(partition="old.partition")}
+            {_RESET_PARTITION.format(partition="new.partition")}
+        END;
+        CREATE TRIGGER memory_vectors_reset_on_delete AFTER DELETE ON memory_vectors BEGIN
+            {_RESET_PARTITION.format(partition="old.partition")}
+        END;
+        """
+    )
+
+
 #: Version -> migration, applied in order; numbers are never reused.
 MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     1: _m001_core,
@@ -206,4 +245,5 @@ MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     3: _m003_event_scope_indexes,
     4: _m004_api_keys,
     5: _m005_index_text_and_keyword_stats,
+    6: _m006_partition_resets,
 }

@@ -16,6 +16,16 @@ every version (so `as_of` searches use it too). PostgreSQL caches a user's
 current memories only, with their ids and expiry, so a warm search needs no
 query besides the version's; `as_of` searches run in SQL (postgres.py).
 
+A partition cached at an earlier version is brought up to date rather than read
+again when the user only gained memories since: writers that end, supersede,
+delete, purge or import memories also set the row's `reset` to the new version,
+so while `reset` stays what the cached copy saw, the rows numbered above its
+`max_seq` are all that changed, and are read and appended (`Partition.extended`;
+the chat loop "search, add, search" then reads one row, not the user's
+partition). In SQLite triggers set `reset` (sqlite_schema `_m006`) and any
+other change reads the partition again; PostgreSQL reads which memories remain
+and drops the rest (`Partition.restricted`).
+
 The cache's lock guards only the dictionary: partitions are read from the
 database outside it and swapped in under it, so no thread (or greenlet) ever
 holds it across I/O.
@@ -55,10 +65,14 @@ class Partition:
     expires_at: npt.NDArray[np.int64] | None = None
     #: Row of each id in `ids`, to answer lookups of stored vectors by id.
     rows_by_id: dict[str, int] | None = None
-    #: PostgreSQL: the version of the user's last change that was not an append, and the highest
-    #: `seq` held. While the first stays put, the partition is brought up to date by appending rows.
+    #: The version of the partition's last change that was not an append, and the highest row number
+    #: held (PostgreSQL's `seq`, SQLite's rowid). While the first stays put, the partition is brought up
+    #: to date by appending the rows numbered above the second.
     reset: int = 0
     max_seq: int = 0
+    #: Whether `rowids` are positions (0..n-1, renumbered when rows are appended or dropped) rather than
+    #: the store's own row numbers (kept as they are).
+    positional: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -67,25 +81,25 @@ class Partition:
         return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * per_row)
 
     def extended(self, extra: Partition) -> Partition:
-        """This partition with `extra`'s rows appended (a later version of the same user)."""
-        assert self.ids is not None and extra.ids is not None and self.expires_at is not None
-        assert extra.expires_at is not None
+        """This partition with `extra`'s rows appended (a later version of the same partition, its rows
+        numbered above `max_seq`); `extra` gives the version and `reset`."""
         n = len(self.rowids)
         rows_by_id = None
         if self.rows_by_id is not None and extra.rows_by_id is not None:
             rows_by_id = self.rows_by_id | {id: n + row for id, row in extra.rows_by_id.items()}
         return replace(
             extra,
-            rowids=np.arange(n + len(extra.rowids), dtype=np.int64),
+            rowids=np.concatenate([self.rowids, extra.rowids + (n if self.positional else 0)]),
             matrix=np.concatenate([self.matrix, extra.matrix]),
             agent=np.concatenate([self.agent, extra.agent]),
             run=np.concatenate([self.run, extra.run]),
             valid_from=np.concatenate([self.valid_from, extra.valid_from]),
             valid_to=np.concatenate([self.valid_to, extra.valid_to]),
-            ids=np.concatenate([self.ids, extra.ids]),
-            expires_at=np.concatenate([self.expires_at, extra.expires_at]),
+            ids=_joined(self.ids, extra.ids),
+            expires_at=_joined(self.expires_at, extra.expires_at),
             rows_by_id=rows_by_id,
             max_seq=max(self.max_seq, extra.max_seq),
+            positional=self.positional,
         )
 
     def kept(self, valid_to: dict[str, int | None]) -> npt.NDArray[np.bool_]:
@@ -100,7 +114,7 @@ class Partition:
         ends = (OPEN_END if valid_to[id] is None else valid_to[id] for id in ids.tolist())
         return replace(
             self,
-            rowids=np.arange(len(ids), dtype=np.int64),
+            rowids=np.arange(len(ids), dtype=np.int64) if self.positional else self.rowids[keep],
             matrix=self.matrix[keep],
             agent=self.agent[keep],
             run=self.run[keep],
@@ -158,7 +172,13 @@ def current_partition(
         rows_by_id={id: row for row, id in enumerate(ids.tolist())},
         reset=reset,
         max_seq=max_seq,
+        positional=True,
     )
+
+
+def _joined(a: npt.NDArray[Any] | None, b: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
+    """Two optional columns one after the other (None when either partition lacks the column)."""
+    return None if a is None or b is None else np.concatenate([a, b])
 
 
 class VectorCache:
@@ -220,31 +240,55 @@ class VectorCache:
 
 
 def version_of(db: Any, name: str) -> int:
-    row = db.execute("SELECT version FROM partition_versions WHERE partition = ?", (name,)).fetchone()
-    return 0 if row is None else int(row[0])
+    return versions_of(db, name)[0]
 
 
-def bump_versions(db: Any, names: Iterable[str]) -> None:
-    """Mark partitions changed; call inside the write transaction that changed them."""
+def versions_of(db: Any, name: str) -> tuple[int, int]:
+    """The partition's version and `reset`: the version of its last change that did more than add rows."""
+    row = db.execute("SELECT version, reset FROM partition_versions WHERE partition = ?", (name,)).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def bump_versions(db: Any, names: Iterable[str], *, reset: bool = False) -> None:
+    """Mark partitions changed; call inside the write transaction that changed them.
+
+    `reset`: the change did more than add rows, so a cached copy must not just be appended to. SQLite's
+    triggers (sqlite_schema `_m006`) already mark every row updated or deleted; writers pass it for
+    changes the triggers cannot tell from additions (imports).
+    """
     db.executemany(
-        "INSERT INTO partition_versions (partition, version) VALUES (?, 1) "
-        "ON CONFLICT (partition) DO UPDATE SET version = version + 1",
-        [(name,) for name in set(names)],
+        "INSERT INTO partition_versions (partition, version, reset) VALUES (?, 1, ?) "
+        "ON CONFLICT (partition) DO UPDATE SET version = version + 1, "
+        "reset = CASE WHEN excluded.reset = 0 THEN reset ELSE version + 1 END",
+        [(name, int(reset)) for name in set(names)],
     )
 
 
 def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> Partition:
-    """The partition as of the connection's current snapshot, from the cache when it is current."""
+    """The partition as of the connection's current snapshot, from the cache when it is current.
+
+    When the cached copy is of an earlier version and the partition has only gained rows since (its
+    `reset` has not moved), just the rows numbered above the copy's `max_seq` are read and appended:
+    SQLite numbers a new row above every row there is, and no row of the partition was deleted since
+    (that would have moved `reset`), so the partition's new rows are exactly those. Otherwise it is read
+    whole. Inside a write transaction the result is not cached: it may hold rows that roll back.
+    """
+    cacheable = not db.in_transaction
+    sql = (
+        "SELECT memory_rowid, agent_id, run_id, valid_from, valid_to, embedding FROM memory_vectors WHERE partition = ?"
+    )
     with db:  # one snapshot for the version and the rows (a savepoint inside a write transaction)
-        version = version_of(db, name)
+        version, reset = versions_of(db, name)
         cached = cache.get(name, version)
         if cached is not None:
             return cached
-        rows = db.execute(
-            "SELECT memory_rowid, agent_id, run_id, valid_from, valid_to, embedding FROM memory_vectors "
-            "WHERE partition = ? ORDER BY memory_rowid",
-            (name,),
-        ).fetchall()
+        base = cache.peek(name)
+        if base is not None and (base.version > version or base.reset != reset):
+            base = None
+        if base is None:
+            rows = db.execute(sql + " ORDER BY memory_rowid", (name,)).fetchall()
+        else:
+            rows = db.execute(sql + " AND memory_rowid > ? ORDER BY memory_rowid", (name, base.max_seq)).fetchall()
     matrix = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.float32).reshape(len(rows), dimensions)
     partition = Partition(
         version=version,
@@ -254,8 +298,13 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
         run=np.array([r[2] for r in rows], dtype=object),
         valid_from=np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows)),
         valid_to=np.fromiter((r[4] for r in rows), dtype=np.int64, count=len(rows)),
+        reset=reset,
+        max_seq=int(rows[-1][0]) if rows else 0,
     )
-    cache.put(name, partition)
+    if base is not None:
+        partition = base.extended(partition)
+    if cacheable:
+        cache.put(name, partition)
     return partition
 
 
