@@ -426,19 +426,11 @@ def test_scores_after_appends_equal_a_fresh_loads_exactly(
 
 @pytest.mark.parametrize("change", ["update", "invalidate", "purge_lineage", "purge_scope", "expire", "import"])
 def test_a_search_after_a_change_other_than_an_add_never_returns_what_it_removed(
-    make_store: StoreFactory, change: str, request: pytest.FixtureRequest
+    make_store: StoreFactory, change: str
 ) -> None:
     """Ending, deleting, purging or importing memories through another instance; the reader's cache must
     not be brought up to date by appending (that would keep the removed memory)."""
     reader, writer = make_store(), make_store()
-    if change == "import" and not isinstance(reader, SQLiteStore):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="PostgresStore._refresh keeps the cached row of a purged id that was imported again "
-                "and appends the imported one too (members are matched by id, not by seq <= max_seq)",
-            )
-        )
     add(writer, new_memory("keep", "tea keep", unit(1, 1)), new_memory("old", "tea old", unit(1), expires_at=150))
     exported = [r for r in writer.export_rows("t1") if r["type"] == "memory"]
     assert set(ids_of(reader.vector_search(scope(), unit(1), 10, None, None, 100))) == {"keep", "old"}

@@ -117,9 +117,9 @@ _VERSION_SQL = (
 #: The (id, valid_to) of each row a cached partition of each kind holds, as JSON. Takes (tenant, user).
 _MEMBERS_SQL = {
     "vectors": "SELECT json_agg(json_build_array(m.id, NULL)) FROM memories m "
-    "WHERE m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
+    "WHERE m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL AND m.seq <= %s",
     "postings": "SELECT json_agg(json_build_array(m.id, m.valid_to)) FROM memories m "
-    "WHERE m.tenant_id = %s AND m.user_id = %s",
+    "WHERE m.tenant_id = %s AND m.user_id = %s AND m.seq <= %s",
 }
 #: The versions and the user's highest `seq` (to read only later rows next time). Takes (tenant, user) 3x.
 _VERSIONS_AND_SEQ = f"SELECT {_VERSION_SQL}, (SELECT max(seq) FROM memories WHERE tenant_id = %s AND user_id = %s)"
@@ -815,7 +815,9 @@ class PostgresStore(Store):
         """
         members = _MEMBERS_SQL[kind]
         with self._tx("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") as conn:
-            found = conn.execute(members, key).fetchone()
+            # Only rows the partition can hold (seq <= its max): an id purged and imported again is a new
+            # row, read with the new rows below, and its old cached row must go.
+            found = conn.execute(members, (*key, base.max_seq)).fetchone()
             rows = conn.execute(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq)).fetchall()
         valid_to = {str(id): end for id, end in (found[0] if found and found[0] else [])}
         return rows, base.restricted(valid_to)
