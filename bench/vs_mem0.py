@@ -65,7 +65,8 @@ SETUP_DIFFERENCES = [
     "keyword postings); mem0 = Qdrant "
     "local mode on_disk (in-process, exact scan with a user_id payload filter) + its SQLite history db.",
     "ranking: Retain = vector KNN + BM25 (turns indexed with speaker and, if short, the 2 turns before) "
-    "fused by reciprocal rank (k=10, keyword rank x2, 50 candidates each), speaker boost, neighbour lift; "
+    "fused by reciprocal rank (k=10, keyword rank x2, 50 candidates each), speaker boost, time boost, "
+    "neighbour lift; "
     "mem0 = semantic "
     "score + BM25 + entity boost, additively; offline its BM25 (fastembed Qdrant/bm25) and spaCy entity/lemma "
     "signals are OFF (not installed; they would need hub downloads), so mem0 runs semantic-only.",
@@ -74,7 +75,8 @@ SETUP_DIFFERENCES = [
     "batching: Retain embeds each add() call's messages in one call (one text per model run); mem0 infer=False "
     "embeds message by message.",
     "time: Retain gets the session date as add(at=...); mem0 OSS rejects timestamps, so its memories carry "
-    "wall-clock time. Neither ranking uses time here.",
+    "wall-clock time. Retain's ranking boosts memories from dates a question names (relative dates count "
+    "from now, as the questions are asked without at=); mem0's uses no time.",
     "ids: Retain maps hits to dia_ids from add()'s returned ids (metadata also carries dia_id); mem0 maps its "
     "returned ids, in message order, to dia_ids (metadata is per call in mem0).",
 ]
