@@ -193,6 +193,46 @@ def test_origins_give_time_role_and_name_of_existing_memories_in_the_tenant(stor
     assert store.origins("t2", ["a"]) == {} and store.origins("t1", []) == {}
 
 
+def test_origins_after_a_search_never_cross_tenants(store: Store) -> None:
+    """A search caches its user; a lookup of that user's ids from another tenant still finds nothing."""
+    add(store, new_memory("a", "tea a", unit(1), metadata={"role": "user", "name": "Ann"}, valid_from=7))
+    add(store, new_memory("b", "tea b", unit(1), scope(tenant="t2"), metadata={"role": "assistant"}), tenant="t2")
+    for tenant in ("t1", "t2"):
+        assert ids_of(store.keyword_search(scope(tenant=tenant), "tea", 10, None, None, 100))
+        assert ids_of(store.vector_search(scope(tenant=tenant), unit(1), 10, None, None, 100))
+    assert store.origins("t1", ["a", "b"]) == {"a": Origin(7, "user", "Ann")}
+    assert store.origins("t2", ["a", "b"]) == {"b": Origin(1, "assistant", None)}
+    assert store.origins("t3", ["a", "b"]) == {}
+    assert set(store.vectors("t2", ["a", "b"])) == {"b"} and set(store.similarity("t1", ["a", "b"], unit(1))) == {"a"}
+
+
+def test_origins_follow_changes_made_through_another_instance(make_store: StoreFactory) -> None:
+    """Origins of a user a search has cached: an update's new version, the old one it superseded, and a
+    memory purged and imported again with other metadata are all answered as they now are."""
+    reader, writer = make_store(), make_store()
+    add(writer, new_memory("a", "tea a", unit(1), metadata={"role": "user", "name": "Ann"}, valid_from=7))
+    add(writer, new_memory("b", "tea b", unit(1, 1), metadata={"role": "user", "name": "Bo"}, valid_from=8))
+
+    def cache() -> None:
+        assert ids_of(reader.keyword_search(scope(), "tea", 10, None, None, 100))
+
+    cache()
+    assert reader.origins("t1", ["a", "b"]) == {"a": Origin(7, "user", "Ann"), "b": Origin(8, "user", "Bo")}
+    new = new_memory("a2", "tea a2", unit(1), lineage="a", metadata={"role": "assistant", "name": "Cy"}, valid_from=9)
+    update(writer, "a", new, at=20)
+    assert reader.origins("t1", ["a", "a2"]) == {"a": Origin(7, "user", "Ann"), "a2": Origin(9, "assistant", "Cy")}
+    cache()
+    assert reader.origins("t1", ["a", "a2"]) == {"a": Origin(7, "user", "Ann"), "a2": Origin(9, "assistant", "Cy")}
+    exported = [r for r in writer.export_rows("t1") if r["type"] == "memory" and r["id"] == "b"]
+    writer.purge_lineage("t1", "b")
+    assert reader.origins("t1", ["b"]) == {}  # not from the stale cache
+    cache()
+    writer.import_rows("t1", [{**exported[0], "metadata": {"role": 5, "name": "Di"}}], np.array([unit(1, 1)]))
+    assert reader.origins("t1", ["b", "a2"]) == {"b": Origin(8, None, "Di"), "a2": Origin(9, "assistant", "Cy")}
+    cache()
+    assert reader.origins("t1", ["b", "a2"]) == {"b": Origin(8, None, "Di"), "a2": Origin(9, "assistant", "Cy")}
+
+
 def test_list_memories_pages_newest_first_within_the_scope(store: Store) -> None:
     for i in range(5):
         add(store, new_memory(f"m{i}", f"fact {i}", unit(1, i)), at=10 + i)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -302,3 +303,68 @@ def test_keyword_scores_from_the_cached_postings_match_bm25_in_sql(postgres_dsn:
         # SQL recovers term frequencies from ts_rank to within 0.05 (1.05 for 1), so scores agree to 5%.
         assert {c.id: c.score for c in cached} == pytest.approx({c.id: c.score for c in in_sql}, rel=0.05), query
     m.close()
+
+
+def test_origins_of_a_cached_user_come_from_its_postings_and_match_sql(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a search, `origins` of that user's memories reads only the version row, and the cached roles
+    and names stay aligned with their rows through appends (`extended`) and refreshes (`restricted`)."""
+    import numpy as np
+
+    from retain.models import Scope
+    from retain.store.base import Invalidate, NewMemory, Supersede, WriteBatch
+
+    user = Scope(tenant_id="t1", user_id="u1", agent_id=None, run_id=None)
+    reader, writer = (PostgresStore(postgres_dsn, dimensions=4, embedder_id="hash:4") for _ in range(2))
+
+    def memory(i: int, role: object = "user", lineage: str | None = None) -> NewMemory:
+        return NewMemory(
+            id=f"m{i}",
+            lineage_id=lineage or f"m{i}",
+            scope=user,
+            text=f"tea number {i}",
+            category=None,
+            metadata={"role": role, "name": f"n{i % 3}"} if i % 4 else {},
+            hash=f"h{i}",
+            valid_from=100 + i,
+            source_message_ids=[],
+            embedding=np.array([1, i % 5, 0, 1], dtype=np.float32) / np.linalg.norm([1, i % 5, 0, 1]),
+        )
+
+    def check() -> None:
+        assert reader.keyword_search(user, "tea", 5, None, None, 10**6)  # caches the user's postings
+        ids = [f"m{i}" for i in range(40)] + ["other"]
+        fetched: list[str] = []
+        fetch = reader._fetch
+
+        def spy(sql: str, params: Any = ()) -> Any:
+            fetched.append(sql)
+            return fetch(sql, params)
+
+        monkeypatch.setattr(reader, "_fetch", spy)
+        cached = reader.origins("t1", ids)
+        monkeypatch.undo()
+        assert cached == writer.origins("t1", ids)  # `writer` has not cached anything: SQL
+        assert len(fetched) == 2 and "partition_versions" in fetched[0]  # then "other", which is not cached
+
+    writer.write("t1", WriteBatch(at=1, memories=[memory(i) for i in range(10)]))
+    check()
+    writer.write("t1", WriteBatch(at=2, memories=[memory(i, role=["x"]) for i in range(10, 20)]))
+    check()  # appended
+    writer.write(
+        "t1",
+        WriteBatch(
+            at=3,
+            memories=[memory(20, "assistant", lineage="m3"), memory(21)],
+            supersede=[Supersede(old_id="m3", new_id="m20", valid_to=3)],
+            invalidate=[Invalidate(id="m5", valid_to=3)],
+        ),
+    )
+    check()  # refreshed
+    writer.purge_lineage("t1", "m7")
+    writer.write("t1", WriteBatch(at=4, memories=[memory(i, "tool") for i in range(22, 30)]))
+    check()  # refreshed again, then appended to
+    assert "m7" not in reader.origins("t1", ["m7"])
+    reader.close()
+    writer.close()

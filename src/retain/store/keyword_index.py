@@ -122,8 +122,18 @@ class Postings(Partition):
         return self.docs[start:end], self.counts[start:end]
 
 
-def build(version: int, rows: Sequence[tuple[Any, ...]], reset: int = 0, max_seq: int = 0) -> Postings:
-    """From rows of (id, agent_id, run_id, valid_from, valid_to, expires_at, lexemes, counts)."""
+def build(
+    version: int,
+    rows: Sequence[tuple[Any, ...]],
+    reset: int = 0,
+    max_seq: int = 0,
+    cls: type[Postings] = Postings,
+    **extra: Any,
+) -> Postings:
+    """From rows of (id, agent_id, run_id, valid_from, valid_to, expires_at, lexemes, counts).
+
+    `cls` and `extra`: a subclass that carries more columns, and their values (as in `from_tokens`).
+    """
     n = len(rows)
     vocabulary: dict[str, int] = {}
     codes = [vocabulary.setdefault(lexeme, len(vocabulary)) for r in rows for lexeme in r[6] or ()]
@@ -133,7 +143,7 @@ def build(version: int, rows: Sequence[tuple[Any, ...]], reset: int = 0, max_seq
     order = np.argsort(np.asarray(codes, dtype=np.int64), kind="stable")
     offsets = np.zeros(len(vocabulary) + 1, dtype=np.int64)
     np.cumsum(np.bincount(np.asarray(codes, dtype=np.int64), minlength=len(vocabulary)), out=offsets[1:])
-    return Postings(
+    return cls(
         version=version,
         rowids=np.arange(n, dtype=np.int64),
         matrix=np.zeros((n, 0), dtype=np.float32),
@@ -151,6 +161,7 @@ def build(version: int, rows: Sequence[tuple[Any, ...]], reset: int = 0, max_seq
         reset=reset,
         max_seq=max_seq,
         positional=True,
+        **extra,
     )
 
 

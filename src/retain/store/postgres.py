@@ -38,10 +38,12 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
@@ -131,12 +133,44 @@ _LOAD_SQL = {
     # with binary results it would be 65 ms, which `_fetch` does not ask for).
     "vectors": "m.id, m.expires_at, vector_send(m.embedding) FROM ({versions}) v "
     "LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
-    # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts.
+    # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts,
+    # and the metadata role and name `origins` reads.
     "postings": "m.id, m.agent_id, m.run_id, m.valid_from, m.valid_to, m.expires_at, "
     "(SELECT array_agg(t.lexeme) FROM unnest(m.terms) t), "
-    "(SELECT array_agg(coalesce(array_length(t.positions, 1), 1)) FROM unnest(m.terms) t) "
+    "(SELECT array_agg(coalesce(array_length(t.positions, 1), 1)) FROM unnest(m.terms) t), "
+    "CASE jsonb_typeof(m.metadata->'role') WHEN 'string' THEN m.metadata->>'role' END, "
+    "CASE jsonb_typeof(m.metadata->'name') WHEN 'string' THEN m.metadata->>'name' END "
     "FROM ({versions}) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s",
 }
+
+
+@dataclass(frozen=True)
+class UserPostings(keyword_index.Postings):
+    """A user's cached memory versions: keyword postings, and the metadata role and name `origins` reads
+    (with `valid_from`), by row. Kept aligned with the rows through appends and refreshes."""
+
+    roles: npt.NDArray[np.object_] | None = None
+    names: npt.NDArray[np.object_] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + len(self.rowids) * 16  # two references a row; the strings are shared
+
+    def extended(self, extra: Partition) -> UserPostings:
+        assert isinstance(extra, UserPostings) and extra.roles is not None and extra.names is not None
+        assert self.roles is not None and self.names is not None
+        rows = super().extended(extra)
+        assert isinstance(rows, UserPostings)
+        return replace(
+            rows, roles=np.concatenate([self.roles, extra.roles]), names=np.concatenate([self.names, extra.names])
+        )
+
+    def restricted(self, valid_to: dict[str, int | None]) -> UserPostings:
+        assert self.roles is not None and self.names is not None
+        keep = self.kept(valid_to)
+        rows = super().restricted(valid_to)
+        assert isinstance(rows, UserPostings)
+        return replace(rows, roles=self.roles[keep], names=self.names[keep])
 
 
 def _tsquery_literal(lexeme: str) -> str:
@@ -651,16 +685,24 @@ class PostgresStore(Store):
 
     def origins(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Origin]:
         # Three fields instead of whole records (as in SQLite): the ranking priors read 100 per search.
+        # Those of a user a search just used come from its cached postings (one version lookup instead of
+        # reading each row: 3.0 ms p50 for 100 at 1M); the rest from SQL.
         if not ids:
             return {}
-        rows = self._fetch(
-            f"{_BY_ID.format(table='memories')} SELECT id, valid_from, "
-            "CASE jsonb_typeof(metadata->'role') WHEN 'string' THEN metadata->>'role' END, "
-            "CASE jsonb_typeof(metadata->'name') WHEN 'string' THEN metadata->>'name' END "
-            "FROM hit WHERE tenant_id = %s",
-            (list(ids), tenant_id),
-        )
-        return {str(id): Origin(int(at), role, name) for id, at, role, name in rows}
+        found: dict[str, Origin] = {}
+        for id, (partition, row) in self._cached_rows("postings", tenant_id, ids).items():
+            assert isinstance(partition, UserPostings) and partition.roles is not None and partition.names is not None
+            found[id] = Origin(int(partition.valid_from[row]), partition.roles[row], partition.names[row])
+        if rest := [id for id in ids if id not in found]:
+            rows = self._fetch(
+                f"{_BY_ID.format(table='memories')} SELECT id, valid_from, "
+                "CASE jsonb_typeof(metadata->'role') WHEN 'string' THEN metadata->>'role' END, "
+                "CASE jsonb_typeof(metadata->'name') WHEN 'string' THEN metadata->>'name' END "
+                "FROM hit WHERE tenant_id = %s",
+                (rest, tenant_id),
+            )
+            found |= {str(id): Origin(int(at), role, name) for id, at, role, name in rows}
+        return found
 
     def list_memories(
         self, scope: Scope, where: Filter | None, include_superseded: bool, limit: int, after: int | None
@@ -841,7 +883,20 @@ class PostgresStore(Store):
 
     @staticmethod
     def _load_postings(version: int, reset: int, max_seq: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
-        return keyword_index.build(version, rows, reset, max_seq)
+        n, shared = len(rows), dict[str, str]()  # roles and names repeat: one string object each
+        roles, names = np.empty(n, dtype=object), np.empty(n, dtype=object)
+        roles[:] = [None if r[8] is None else shared.setdefault(r[8], r[8]) for r in rows]
+        names[:] = [None if r[9] is None else shared.setdefault(r[9], r[9]) for r in rows]
+        return keyword_index.build(
+            version,
+            rows,
+            reset,
+            max_seq,
+            cls=UserPostings,
+            roles=roles,
+            names=names,
+            rows_by_id={r[0]: row for row, r in enumerate(rows)},
+        )
 
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
         if not ids or window <= 0:
@@ -899,7 +954,15 @@ class PostgresStore(Store):
         A search's candidates are in the partition it just used, so this saves reading them (TOASTed,
         scattered over the heap: 4.8 ms for 60 at 1M) for one primary-key lookup of the versions.
         """
-        prefix = f"vectors\x1f{tenant_id}\x1f"
+        return {
+            id: partition.matrix[row].copy()
+            for id, (partition, row) in self._cached_rows("vectors", tenant_id, ids).items()
+        }
+
+    def _cached_rows(self, kind: str, tenant_id: str, ids: Sequence[str]) -> dict[str, tuple[Partition, int]]:
+        """Where `ids` are held by this tenant's recently used cached partitions of `kind` that are still at
+        their user's current version (one lookup of the versions): id -> (partition, row)."""
+        prefix = f"{kind}\x1f{tenant_id}\x1f"
         wanted, found = set(ids), {}
         for name, partition in self._vectors.recent(prefix, RECENT_PARTITIONS):
             assert partition.rows_by_id is not None
@@ -918,7 +981,7 @@ class PostgresStore(Store):
             )
         )
         return {
-            id: partition.matrix[row].copy()
+            id: (partition, row)
             for id, (user, partition, row) in found.items()
             if versions.get(user, 0) == partition.version
         }
