@@ -285,3 +285,32 @@ def _best(
         rows, scores = rows[scores >= cut], scores[scores >= cut]
     ranked = sorted(zip(postings.ids[rows].tolist(), scores.tolist(), strict=True), key=lambda p: (-p[1], p[0]))
     return ranked[:k]
+
+
+@dataclass(frozen=True)
+class UserPostings(Postings):
+    """A user's cached memory versions: keyword postings, and the metadata role and name `origins` reads
+    (with `valid_from`), by row. Kept aligned with the rows through appends and refreshes."""
+
+    roles: npt.NDArray[np.object_] | None = None
+    names: npt.NDArray[np.object_] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + len(self.rowids) * 16  # two references a row; the strings are shared
+
+    def extended(self, extra: Partition) -> UserPostings:
+        assert isinstance(extra, UserPostings) and extra.roles is not None and extra.names is not None
+        assert self.roles is not None and self.names is not None
+        rows = super().extended(extra)
+        assert isinstance(rows, UserPostings)
+        return replace(
+            rows, roles=np.concatenate([self.roles, extra.roles]), names=np.concatenate([self.names, extra.names])
+        )
+
+    def restricted(self, valid_to: dict[str, int | None]) -> UserPostings:
+        assert self.roles is not None and self.names is not None
+        keep = self.kept(valid_to)
+        rows = super().restricted(valid_to)
+        assert isinstance(rows, UserPostings)
+        return replace(rows, roles=self.roles[keep], names=self.names[keep])

@@ -38,12 +38,10 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
@@ -58,6 +56,7 @@ from ..timeutil import from_micros
 from . import _rows, keyword_index
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Origin, Store, Vector, WriteBatch, WriteOutcome
+from .keyword_index import UserPostings
 from .postgres_pool import BridgedPool, Connection, Cursor, Pool
 from .postgres_schema import MAX_KEY_BYTES, MIGRATION_LOCK, MIGRATIONS, SchemaContext
 from .vector_index import DEFAULT_CACHE_BYTES, NO_EXPIRY, Partition, VectorCache, current_partition, to_blob, top_k
@@ -142,35 +141,6 @@ _LOAD_SQL = {
     "CASE jsonb_typeof(m.metadata->'name') WHEN 'string' THEN m.metadata->>'name' END "
     "FROM ({versions}) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s",
 }
-
-
-@dataclass(frozen=True)
-class UserPostings(keyword_index.Postings):
-    """A user's cached memory versions: keyword postings, and the metadata role and name `origins` reads
-    (with `valid_from`), by row. Kept aligned with the rows through appends and refreshes."""
-
-    roles: npt.NDArray[np.object_] | None = None
-    names: npt.NDArray[np.object_] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return super().nbytes + len(self.rowids) * 16  # two references a row; the strings are shared
-
-    def extended(self, extra: Partition) -> UserPostings:
-        assert isinstance(extra, UserPostings) and extra.roles is not None and extra.names is not None
-        assert self.roles is not None and self.names is not None
-        rows = super().extended(extra)
-        assert isinstance(rows, UserPostings)
-        return replace(
-            rows, roles=np.concatenate([self.roles, extra.roles]), names=np.concatenate([self.names, extra.names])
-        )
-
-    def restricted(self, valid_to: dict[str, int | None]) -> UserPostings:
-        assert self.roles is not None and self.names is not None
-        keep = self.kept(valid_to)
-        rows = super().restricted(valid_to)
-        assert isinstance(rows, UserPostings)
-        return replace(rows, roles=self.roles[keep], names=self.names[keep])
 
 
 def _tsquery_literal(lexeme: str) -> str:

@@ -39,7 +39,6 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +53,11 @@ from ..timeutil import from_micros
 from . import _rows, keyword_index
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Origin, Store, Vector, WriteBatch, WriteOutcome
+from .keyword_index import UserPostings
 from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
 from .vector_index import (
     DEFAULT_CACHE_BYTES,
     NO_EXPIRY,
-    Partition,
     VectorCache,
     bump_versions,
     load_partition,
@@ -99,27 +98,6 @@ _MEMORY_COLUMNS = (
     "m.updated_at, m.valid_from, m.valid_to, m.superseded_by, m.source_message_ids, m.access_count, "
     "m.last_accessed_at, m.expires_at"
 )
-
-
-@dataclass(frozen=True)
-class UserRows(keyword_index.Postings):
-    """A user's current memories, rows in rowid order: keyword postings, and what `origins` reads."""
-
-    roles: npt.NDArray[np.object_] | None = None
-    names: npt.NDArray[np.object_] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return super().nbytes + len(self.rowids) * 16
-
-    def extended(self, extra: Partition) -> UserRows:
-        assert isinstance(extra, UserRows) and extra.roles is not None and extra.names is not None
-        assert self.roles is not None and self.names is not None
-        rows = super().extended(extra)
-        assert isinstance(rows, UserRows)
-        return replace(
-            rows, roles=np.concatenate([self.roles, extra.roles]), names=np.concatenate([self.names, extra.names])
-        )
 
 
 def partition_of(tenant_id: str, user_id: str | None) -> str:
@@ -532,7 +510,7 @@ class SQLiteStore(Store):
         if scope.user_id is not None and as_of is None and scored:
             # The user's rows, when cached at this version, name the hits and hold their expiry.
             rows = self._vectors.get(POSTINGS_KEY + names[0], partitions[0].version)
-            if isinstance(rows, UserRows) and rows.ids is not None and rows.expires_at is not None:
+            if isinstance(rows, UserPostings) and rows.ids is not None and rows.expires_at is not None:
                 at = np.searchsorted(rows.rowids, [rowid for rowid, _ in scored])
                 at[at == len(rows.rowids)] = 0
                 if (rows.rowids[at] == [rowid for rowid, _ in scored]).all():
@@ -599,7 +577,7 @@ class SQLiteStore(Store):
         scored.sort(key=lambda pair: -pair[1])
         return self._candidates(db, scope, scored[:k], now)
 
-    def _postings(self, db: Any, tenant_id: str, user_id: str) -> UserRows:
+    def _postings(self, db: Any, tenant_id: str, user_id: str) -> UserPostings:
         """The keyword postings of a user's current memories, from the cache when they are current.
 
         Validated by the partition's version row like its vectors, and brought up to date the same way
@@ -618,10 +596,10 @@ class SQLiteStore(Store):
         with db:  # one snapshot for the version and the rows
             version, reset = versions_of(db, name)
             cached = self._vectors.get(key, version)
-            if isinstance(cached, UserRows):
+            if isinstance(cached, UserPostings):
                 return cached
             base = self._vectors.peek(key)
-            if not isinstance(base, UserRows) or base.version > version or base.reset != reset:
+            if not isinstance(base, UserPostings) or base.version > version or base.reset != reset:
                 base = None
             if base is None:
                 rows = db.execute(sql + " ORDER BY m.rowid", (tenant_id, user_id)).fetchall()
@@ -638,7 +616,7 @@ class SQLiteStore(Store):
             expires_at=np.fromiter((NO_EXPIRY if r[4] is None else r[4] for r in rows), dtype=np.int64, count=n),
             valid_from=np.fromiter((r[6] for r in rows), dtype=np.int64, count=n),
             tokens=[self._tokens(r[5]) for r in rows],
-            cls=UserRows,
+            cls=UserPostings,
             roles=np.array([r[7] for r in rows], dtype=object),
             names=np.array([r[8] for r in rows], dtype=object),
             reset=reset,
@@ -646,19 +624,19 @@ class SQLiteStore(Store):
         )
         if base is not None:
             postings = base.extended(postings)
-        assert isinstance(postings, UserRows)
+        assert isinstance(postings, UserPostings)
         if cacheable:
             self._vectors.put(key, postings)
         return postings
 
-    def _cached_rows(self, db: Any, tenant_id: str, ids: Sequence[str]) -> dict[str, tuple[str, UserRows, int]]:
+    def _cached_rows(self, db: Any, tenant_id: str, ids: Sequence[str]) -> dict[str, tuple[str, UserPostings, int]]:
         """Where `ids` are among this tenant's recently used cached users' current memories, still current:
         id -> (partition, that user's rows, row). A search's candidates are in the user it just searched,
         so its follow-up reads need one primary-key lookup of the version instead of reading each row."""
         prefix = f"{POSTINGS_KEY}{tenant_id}\x1f"
         wanted, found = set(ids), {}
         for key, rows in self._vectors.recent(prefix, RECENT_PARTITIONS):
-            if not isinstance(rows, UserRows) or rows.rows_by_id is None:
+            if not isinstance(rows, UserPostings) or rows.rows_by_id is None:
                 continue
             for id in [id for id in wanted if id in rows.rows_by_id]:
                 found[id] = (key[len(POSTINGS_KEY) :], rows, rows.rows_by_id[id])
@@ -780,7 +758,7 @@ class SQLiteStore(Store):
 
     def _cached_vectors(self, db: Any, tenant_id: str, ids: Sequence[str]) -> tuple[list[str], npt.NDArray[np.float32]]:
         """The ids among `ids` whose vectors the cache holds at their user's current version, and those vectors."""
-        by_user: dict[str, tuple[UserRows, list[str], list[int]]] = {}
+        by_user: dict[str, tuple[UserPostings, list[str], list[int]]] = {}
         for id, (name, rows, row) in self._cached_rows(db, tenant_id, ids).items():
             entry = by_user.setdefault(name, (rows, [], []))
             entry[1].append(id)
