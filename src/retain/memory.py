@@ -357,42 +357,47 @@ class Memory:
         """Hybrid retrieval: vector KNN and BM25 in scope, fused by reciprocal rank."""
         now = now_micros()
         vector = self._embed_query(query)
-        pool = max(CANDIDATE_POOL, 2 * limit)
-        dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
-        sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
-        fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
-        st = self.settings
-        if st.neighbour_weight > 0:
-            gap = int(st.conversation_gap_seconds * 1_000_000)
-            sources = [f.id for f in fused[: 2 * limit]]
-            adjacent = self.store.adjacent(self.tenant_id, sources, NEIGHBOUR_WINDOW, gap, now)
-            # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
-            fused = lift_neighbours(fused, adjacent, st.neighbour_weight, new_ok=where is None and as_of is None)
-        windows = query_windows(query, from_micros(now if asked is None else asked)) if st.time_boost > 0 else []
-        if st.speaker_boost > 0 or st.role_prior > 0 or windows:
-            # Priors on who spoke and when: they scale scores by a few times at most, so only the head can
-            # reach the results.
-            head = fused[: max(PRIOR_POOL, 2 * limit)]
-            origins = self.store.origins(self.tenant_id, [f.id for f in head])
-            if st.speaker_boost > 0:
-                head = boost_speakers(query, head, origins, st.speaker_boost)
-            if windows:
-                spans = [(to_micros(start), to_micros(end)) for start, end in windows]
-                head = boost_in_windows(head, origins, spans, st.time_boost)
-            if st.role_prior > 0:
-                head = prefer_role(head, origins, asked_role(query), st.role_prior)
-            fused = head + fused[len(head) :]
-        missing = [f.id for f in fused if f.vector is None]
-        similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
-        if threshold is not None:
-            fused = [f for f in fused if similarities.get(f.id, -1.0) >= threshold]
-        if self.settings.mmr_lambda < 1.0 and len(fused) > 1:
-            head = fused[: max(MMR_POOL, 2 * limit)]
-            fused = diversify(head, self.store.vectors(self.tenant_id, [f.id for f in head]), self.settings.mmr_lambda)
-        fused = fused[:limit]
-        records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
-        # A record can vanish between the index read and this fetch if it was purged meanwhile.
-        return [(f, records[f.id], similarities.get(f.id, 0.0)) for f in fused if f.id in records]
+        # One snapshot of the user's index for every stage; keyword search first, since its round trip
+        # (the query's lexemes on PostgreSQL) also reads the version the others then use.
+        with self.store.snapshot():
+            pool = max(CANDIDATE_POOL, 2 * limit)
+            sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
+            dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
+            fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
+            st = self.settings
+            if st.neighbour_weight > 0:
+                gap = int(st.conversation_gap_seconds * 1_000_000)
+                sources = [f.id for f in fused[: 2 * limit]]
+                adjacent = self.store.adjacent(self.tenant_id, sources, NEIGHBOUR_WINDOW, gap, now)
+                # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
+                fused = lift_neighbours(fused, adjacent, st.neighbour_weight, new_ok=where is None and as_of is None)
+            windows = query_windows(query, from_micros(now if asked is None else asked)) if st.time_boost > 0 else []
+            if st.speaker_boost > 0 or st.role_prior > 0 or windows:
+                # Priors on who spoke and when: they scale scores by a few times at most, so only the head can
+                # reach the results.
+                head = fused[: max(PRIOR_POOL, 2 * limit)]
+                origins = self.store.origins(self.tenant_id, [f.id for f in head])
+                if st.speaker_boost > 0:
+                    head = boost_speakers(query, head, origins, st.speaker_boost)
+                if windows:
+                    spans = [(to_micros(start), to_micros(end)) for start, end in windows]
+                    head = boost_in_windows(head, origins, spans, st.time_boost)
+                if st.role_prior > 0:
+                    head = prefer_role(head, origins, asked_role(query), st.role_prior)
+                fused = head + fused[len(head) :]
+            missing = [f.id for f in fused if f.vector is None]
+            similarities = {c.id: c.score for c in dense} | self.store.similarity(self.tenant_id, missing, vector)
+            if threshold is not None:
+                fused = [f for f in fused if similarities.get(f.id, -1.0) >= threshold]
+            if self.settings.mmr_lambda < 1.0 and len(fused) > 1:
+                head = fused[: max(MMR_POOL, 2 * limit)]
+                fused = diversify(
+                    head, self.store.vectors(self.tenant_id, [f.id for f in head]), self.settings.mmr_lambda
+                )
+            fused = fused[:limit]
+            records = {r.id: r for r in self.store.get(self.tenant_id, [f.id for f in fused])}
+            # A record can vanish between the index read and this fetch if it was purged meanwhile.
+            return [(f, records[f.id], similarities.get(f.id, 0.0)) for f in fused if f.id in records]
 
     def history(self, id: str) -> list[HistoryEntry]:
         """Every event of every version of the memory, oldest first."""

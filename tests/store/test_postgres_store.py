@@ -305,11 +305,12 @@ def test_keyword_scores_from_the_cached_postings_match_bm25_in_sql(postgres_dsn:
     m.close()
 
 
-def test_origins_of_a_cached_user_come_from_its_postings_and_match_sql(
+def test_origins_and_adjacent_of_a_cached_user_come_from_its_postings_and_match_sql(
     postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a search, `origins` of that user's memories reads only the version row, and the cached roles
-    and names stay aligned with their rows through appends (`extended`) and refreshes (`restricted`)."""
+    """After a search, `origins` and `adjacent` of that user's memories read only the version row, and the
+    cached roles, names, seqs and categories stay aligned with their rows through appends (`extended`) and
+    refreshes (`restricted`)."""
     import numpy as np
 
     from retain.models import Scope
@@ -322,9 +323,9 @@ def test_origins_of_a_cached_user_come_from_its_postings_and_match_sql(
         return NewMemory(
             id=f"m{i}",
             lineage_id=lineage or f"m{i}",
-            scope=user,
+            scope=Scope(tenant_id="t1", user_id="u1", agent_id=None, run_id="r" if i % 6 == 5 else None),
             text=f"tea number {i}",
-            category=None,
+            category="fact" if i % 7 == 3 else None,
             metadata={"role": role, "name": f"n{i % 3}"} if i % 4 else {},
             hash=f"h{i}",
             valid_from=100 + i,
@@ -344,9 +345,18 @@ def test_origins_of_a_cached_user_come_from_its_postings_and_match_sql(
 
         monkeypatch.setattr(reader, "_fetch", spy)
         cached = reader.origins("t1", ids)
+        stored = [id for id in ids if id in cached]
+        adjacent = [reader.adjacent("t1", stored, 2, gap, 10**6) for gap in (3, 10**6)]
         monkeypatch.undo()
         assert cached == writer.origins("t1", ids)  # `writer` has not cached anything: SQL
-        assert len(fetched) == 2 and "partition_versions" in fetched[0]  # then "other", which is not cached
+        assert len(fetched) == 4 and "partition_versions" in fetched[0]  # then "other", which is not cached
+        assert all("partition_versions" in sql for sql in fetched[2:])  # adjacent: the version only
+        for gap, found in zip((3, 10**6), adjacent, strict=True):
+            in_sql = writer.adjacent("t1", stored, 2, gap, 10**6)
+            assert {id: sorted(turns) for id, turns in found.items()} == {
+                id: sorted(turns) for id, turns in in_sql.items()
+            }
+            assert in_sql  # something to compare
 
     writer.write("t1", WriteBatch(at=1, memories=[memory(i) for i in range(10)]))
     check()
@@ -367,4 +377,56 @@ def test_origins_of_a_cached_user_come_from_its_postings_and_match_sql(
     check()  # refreshed again, then appended to
     assert "m7" not in reader.origins("t1", ["m7"])
     reader.close()
+    writer.close()
+
+
+def test_a_search_snapshot_reads_the_version_once_and_holds_it_for_its_own_thread(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside `snapshot` (each `Memory.search`), the stages after the keyword search reuse the version it read:
+    a warm search is two round trips (version with the query's lexemes, then the records). A write meanwhile is
+    not seen until the snapshot ends, and another thread's reads are not held to it."""
+    from retain.models import Scope
+    from retain.timeutil import now_micros
+
+    m = Memory(
+        PostgresStore(postgres_dsn, dimensions=16, embedder_id="hash:16"),
+        HashEmbedder(16),
+        settings=Settings(track_access=False),
+        tenant_id="snap",
+    )
+    writer = Memory(
+        PostgresStore(postgres_dsn, dimensions=16, embedder_id="hash:16"), HashEmbedder(16), tenant_id="snap"
+    )
+    m.add(["tea in Lisbon", "Yes, green tea", "a walk by the sea", "tea again"], user_id="u", infer=False)
+    m.search("green tea", user_id="u")  # caches the user's partitions
+    fetched: list[str] = []
+    fetch = m.store._fetch  # type: ignore[attr-defined]
+
+    def spy(sql: str, params: Any = ()) -> Any:
+        fetched.append(sql)
+        return fetch(sql, params)
+
+    monkeypatch.setattr(m.store, "_fetch", spy)
+    assert m.search("green tea", user_id="u", explain=True).results
+    monkeypatch.undo()
+    assert len(fetched) == 2 and "partition_versions" in fetched[0] and "FROM hit" in fetched[1]
+
+    user, query = Scope(tenant_id="snap", user_id="u"), HashEmbedder(16).embed(["tea"])[0]
+
+    def ids(store: Any) -> set[str]:
+        found = store.vector_search(user, query, 50, None, None, now_micros())
+        return {c.id for c in found} | {c.id for c in store.keyword_search(user, "tea", 50, None, None, now_micros())}
+
+    with m.store.snapshot():
+        before = ids(m.store)
+        new = writer.add("more tea", user_id="u", infer=False).results[0].id
+        assert ids(m.store) == before  # held
+        elsewhere: list[set[str]] = []
+        thread = threading.Thread(target=lambda: elsewhere.append(ids(m.store)))
+        thread.start()
+        thread.join()
+        assert new in elsewhere[0] and new not in before
+    assert new in ids(m.store)
+    m.close()
     writer.close()

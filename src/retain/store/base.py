@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +193,14 @@ class Store(ABC):
     def origins(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Origin]:
         """Each existing memory's `Origin`. This default reads whole records; a backend may read less."""
         return {r.id: origin_of(r) for r in self.get(tenant_id, ids)}
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one version of each user's cached index, read once. A search's stages then
+        agree with each other, and a backend whose version checks are round trips (PostgreSQL) pays for
+        one per user instead of one per stage. Writes inside are not allowed. This default adds nothing.
+        """
+        yield
 
     def listen_for_jobs(self, wake: Callable[[], None], stop: threading.Event) -> None:
         """Call `wake` when any process may have queued a job, until `stop` is set; blocks, so run it in a

@@ -34,13 +34,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .sqlite_schema import OPEN_END
-from .vector_index import NO_EXPIRY, Partition
+from .vector_index import NO_EXPIRY, Partition, joined
 
 K1 = 1.2
 B = 0.75
@@ -290,14 +291,21 @@ def _best(
 @dataclass(frozen=True)
 class UserPostings(Postings):
     """A user's cached memory versions: keyword postings, and the metadata role and name `origins` reads
-    (with `valid_from`), by row. Kept aligned with the rows through appends and refreshes."""
+    (with `valid_from`), by row. Kept aligned with the rows through appends and refreshes.
+
+    PostgreSQL's also holds each row's `seq` and category, so that `neighbours` can answer
+    `Store.adjacent` without a round trip (SQLite answers it in SQL, which costs no round trip).
+    """
 
     roles: npt.NDArray[np.object_] | None = None
     names: npt.NDArray[np.object_] | None = None
+    seqs: npt.NDArray[np.int64] | None = None
+    categories: npt.NDArray[np.object_] | None = None
 
     @property
     def nbytes(self) -> int:
-        return super().nbytes + len(self.rowids) * 16  # two references a row; the strings are shared
+        # Two references a row (the strings are shared), and the seq and category when held.
+        return super().nbytes + len(self.rowids) * (16 if self.seqs is None else 32)
 
     def extended(self, extra: Partition) -> UserPostings:
         assert isinstance(extra, UserPostings) and extra.roles is not None and extra.names is not None
@@ -305,7 +313,11 @@ class UserPostings(Postings):
         rows = super().extended(extra)
         assert isinstance(rows, UserPostings)
         return replace(
-            rows, roles=np.concatenate([self.roles, extra.roles]), names=np.concatenate([self.names, extra.names])
+            rows,
+            roles=np.concatenate([self.roles, extra.roles]),
+            names=np.concatenate([self.names, extra.names]),
+            seqs=joined(self.seqs, extra.seqs),
+            categories=joined(self.categories, extra.categories),
         )
 
     def restricted(self, valid_to: dict[str, int | None]) -> UserPostings:
@@ -313,4 +325,45 @@ class UserPostings(Postings):
         keep = self.kept(valid_to)
         rows = super().restricted(valid_to)
         assert isinstance(rows, UserPostings)
-        return replace(rows, roles=self.roles[keep], names=self.names[keep])
+        return replace(
+            rows,
+            roles=self.roles[keep],
+            names=self.names[keep],
+            seqs=None if self.seqs is None else self.seqs[keep],
+            categories=None if self.categories is None else self.categories[keep],
+        )
+
+    @cached_property
+    def _seq_order(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The rows in `seq` order, and each row's place in it."""
+        assert self.seqs is not None
+        order = np.argsort(self.seqs, kind="stable")
+        place = np.empty_like(order)
+        place[order] = np.arange(len(order))
+        return order, place
+
+    def neighbours(self, row: int, window: int, gap: int, now: int) -> list[str]:
+        """`Store.adjacent` for the memory at `row`, as PostgreSQL's SQL answers it: of the user's 2 x
+        `window` rows nearest by `seq` on each side, the current, unexpired turns (no category) of the
+        same agent and run with `valid_from` within `gap` of the row's, at most `window` a side, nearest
+        first. Nothing for a row that is not itself a current turn."""
+        assert self.ids is not None and self.seqs is not None and self.categories is not None
+        assert self.expires_at is not None
+        if self.categories[row] is not None or self.valid_to[row] != OPEN_END:
+            return []
+        order, place = self._seq_order
+        at = int(place[row])
+        out: list[str] = []
+        for side in (order[max(0, at - 2 * window) : at][::-1], order[at + 1 : at + 1 + 2 * window]):
+            kept = [
+                int(r)
+                for r in side
+                if self.categories[r] is None
+                and self.valid_to[r] == OPEN_END
+                and self.agent[r] == self.agent[row]
+                and self.run[r] == self.run[row]
+                and abs(int(self.valid_from[r]) - int(self.valid_from[row])) <= gap
+                and self.expires_at[r] > now
+            ]
+            out += [str(self.ids[r]) for r in kept[:window]]
+        return out

@@ -38,6 +38,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -133,12 +134,12 @@ _LOAD_SQL = {
     "vectors": "m.id, m.expires_at, vector_send(m.embedding) FROM ({versions}) v "
     "LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
     # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts,
-    # and the metadata role and name `origins` reads.
+    # the metadata role and name `origins` reads, and the seq and category `adjacent` reads.
     "postings": "m.id, m.agent_id, m.run_id, m.valid_from, m.valid_to, m.expires_at, "
     "(SELECT array_agg(t.lexeme) FROM unnest(m.terms) t), "
     "(SELECT array_agg(coalesce(array_length(t.positions, 1), 1)) FROM unnest(m.terms) t), "
     "CASE jsonb_typeof(m.metadata->'role') WHEN 'string' THEN m.metadata->>'role' END, "
-    "CASE jsonb_typeof(m.metadata->'name') WHEN 'string' THEN m.metadata->>'name' END "
+    "CASE jsonb_typeof(m.metadata->'name') WHEN 'string' THEN m.metadata->>'name' END, m.seq, m.category "
     "FROM ({versions}) v LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s",
 }
 
@@ -244,6 +245,9 @@ class PostgresStore(Store):
         vector_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self._vectors = VectorCache(vector_cache_bytes)
+        # The partitions the current `snapshot` has read, by cache name (per thread and per greenlet:
+        # bridged calls share a thread).
+        self._snapshot: ContextVar[dict[str, Partition] | None] = ContextVar(f"snapshot-{id(self)}", default=None)
         self.dimensions = dimensions
         self._embedder_id = embedder_id
         self._dsn = dsn
@@ -644,6 +648,20 @@ class PostgresStore(Store):
 
     # -- reads ------------------------------------------------------------------------
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        # The first stage that reads a user's version pins the partition it used; later stages take the
+        # pinned one, or another kind cached at the same version, without asking for the version again,
+        # and `_cached_rows` (origins, similarity, vectors, adjacent) answers from the pinned ones.
+        if self._snapshot.get() is not None:  # nested: the outer snapshot holds
+            yield
+            return
+        token = self._snapshot.set({})
+        try:
+            yield
+        finally:
+            self._snapshot.reset(token)
+
     def get(self, tenant_id: str, ids: Sequence[str]) -> list[MemoryRecord]:
         if not ids:
             return []
@@ -781,7 +799,48 @@ class PostgresStore(Store):
         another); if memories were also ended or removed, the ids still there are read as well
         (`_refresh`); a partition not cached yet is read whole. Every read takes the versions with the
         rows in one snapshot, and happens outside the cache's lock.
+
+        Inside a `snapshot` the partition used is pinned, and a call that needs nothing else from SQL
+        takes the pinned partition, or one cached at the version pinned for the user, with no round trip.
         """
+        assert scope.user_id is not None
+        name = f"{kind}\x1f{scope.tenant_id}\x1f{scope.user_id}"
+        pinned = self._snapshot.get()
+        if pinned is not None and query is None and not filtered:
+            held = pinned.get(name)
+            if held is None:
+                held = self._at_pinned_version(pinned, name, scope.tenant_id, scope.user_id)
+            if held is not None:
+                return held, (), None
+        partition, row, allowed = self._cached_now(scope, name, kind, load, filtered, where, as_of, now, query)
+        if pinned is not None:
+            partition = pinned.setdefault(name, partition)
+        return partition, row, allowed
+
+    def _at_pinned_version(
+        self, pinned: dict[str, Partition], name: str, tenant_id: str, user_id: str
+    ) -> Partition | None:
+        """Cached partition `name` if it is at the version the snapshot holds for its user (then pinned too)."""
+        held = [pinned.get(f"{kind}\x1f{tenant_id}\x1f{user_id}") for kind in _LOAD_SQL]
+        version = next((p.version for p in held if p is not None), None)
+        found = None if version is None else self._vectors.get(name, version)
+        if found is not None:
+            pinned[name] = found
+        return found
+
+    def _cached_now(
+        self,
+        scope: Scope,
+        name: str,
+        kind: str,
+        load: Callable[[int, int, int, Sequence[tuple[Any, ...]]], Partition],
+        filtered: bool,
+        where: Filter | None,
+        as_of: int | None,
+        now: int,
+        query: str | None,
+    ) -> tuple[Partition, tuple[Any, ...], list[str] | None]:
+        """`_cached`, reading the version (and the rest) in a round trip."""
         assert scope.user_id is not None
         key = (scope.tenant_id, scope.user_id)
         columns, params = [_VERSION_SQL], [*key, *key]
@@ -794,7 +853,6 @@ class PostgresStore(Store):
             params += fparams
         row = self._fetch(f"SELECT {', '.join(columns)}", params)[0]
         allowed = list(row[-1]) if filtered else None
-        name = f"{kind}\x1f{scope.tenant_id}\x1f{scope.user_id}"
         cached = self._vectors.get(name, int(row[0]))
         if cached is not None:
             return cached, row[2:], allowed
@@ -857,6 +915,8 @@ class PostgresStore(Store):
         roles, names = np.empty(n, dtype=object), np.empty(n, dtype=object)
         roles[:] = [None if r[8] is None else shared.setdefault(r[8], r[8]) for r in rows]
         names[:] = [None if r[9] is None else shared.setdefault(r[9], r[9]) for r in rows]
+        categories = np.empty(n, dtype=object)
+        categories[:] = [None if r[11] is None else shared.setdefault(r[11], r[11]) for r in rows]
         return keyword_index.build(
             version,
             rows,
@@ -865,12 +925,29 @@ class PostgresStore(Store):
             cls=UserPostings,
             roles=roles,
             names=names,
+            seqs=np.fromiter((r[10] for r in rows), dtype=np.int64, count=n),
+            categories=categories,
             rows_by_id={r[0]: row for row, r in enumerate(rows)},
         )
 
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
         if not ids or window <= 0:
             return {}
+        # Hits in a cached (or the snapshot's) postings partition: from its seq order, which spares a
+        # lateral index scan per hit (3.8 ms p50 for 20 hits at 10k per user); the rest in SQL.
+        out: dict[str, list[str]] = {}
+        held = self._cached_rows("postings", tenant_id, ids)
+        for id, (partition, row) in held.items():
+            assert isinstance(partition, UserPostings)
+            if turns := partition.neighbours(row, window, gap, now):
+                out[id] = turns
+        if rest := [id for id in ids if id not in held]:
+            out |= self._adjacent_in_sql(tenant_id, rest, window, gap, now)
+        return out
+
+    def _adjacent_in_sql(
+        self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
+    ) -> dict[str, list[str]]:
         # For each hit, the user's nearest rows on each side by insertion order (bounded range scans of
         # memories_user), then those that are turns of the same conversation. `user_id IS NOT DISTINCT
         # FROM` would not use that index (measured: 18 ms for 20 hits walking the whole table's seq order
@@ -931,9 +1008,18 @@ class PostgresStore(Store):
 
     def _cached_rows(self, kind: str, tenant_id: str, ids: Sequence[str]) -> dict[str, tuple[Partition, int]]:
         """Where `ids` are held by this tenant's recently used cached partitions of `kind` that are still at
-        their user's current version (one lookup of the versions): id -> (partition, row)."""
+        their user's current version (one lookup of the versions), or by the partitions of the current
+        `snapshot` (no lookup): id -> (partition, row)."""
         prefix = f"{kind}\x1f{tenant_id}\x1f"
-        wanted, found = set(ids), {}
+        wanted, held = set(ids), dict[str, tuple[Partition, int]]()
+        for name, partition in (self._snapshot.get() or {}).items():  # the snapshot's: current by definition
+            if name.startswith(prefix):
+                assert partition.rows_by_id is not None
+                held |= {id: (partition, partition.rows_by_id[id]) for id in wanted if id in partition.rows_by_id}
+        wanted -= held.keys()
+        if not wanted:
+            return held
+        found = {}
         for name, partition in self._vectors.recent(prefix, RECENT_PARTITIONS):
             assert partition.rows_by_id is not None
             for id in [id for id in wanted if id in partition.rows_by_id]:
@@ -942,7 +1028,7 @@ class PostgresStore(Store):
             if not wanted:
                 break
         if not found:
-            return {}
+            return held
         users = sorted({user for user, _, _ in found.values()})
         versions = dict(
             self._fetch(
@@ -950,7 +1036,7 @@ class PostgresStore(Store):
                 (tenant_id, users),
             )
         )
-        return {
+        return held | {
             id: (partition, row)
             for id, (user, partition, row) in found.items()
             if versions.get(user, 0) == partition.version

@@ -95,8 +95,8 @@ class Partition:
             run=np.concatenate([self.run, extra.run]),
             valid_from=np.concatenate([self.valid_from, extra.valid_from]),
             valid_to=np.concatenate([self.valid_to, extra.valid_to]),
-            ids=_joined(self.ids, extra.ids),
-            expires_at=_joined(self.expires_at, extra.expires_at),
+            ids=joined(self.ids, extra.ids),
+            expires_at=joined(self.expires_at, extra.expires_at),
             rows_by_id=rows_by_id,
             max_seq=max(self.max_seq, extra.max_seq),
             positional=self.positional,
@@ -176,7 +176,7 @@ def current_partition(
     )
 
 
-def _joined(a: npt.NDArray[Any] | None, b: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
+def joined(a: npt.NDArray[Any] | None, b: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
     """Two optional columns one after the other (None when either partition lacks the column)."""
     return None if a is None or b is None else np.concatenate([a, b])
 
