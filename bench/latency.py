@@ -428,7 +428,7 @@ def measure_breakdown(
 ) -> dict[str, dict[str, float]]:
     """The stages of a search timed one by one, as `Memory.search` runs them."""
     scope = Scope(tenant_id=TENANT, user_id=QUERIED_USER)
-    names = ("embed", "vector_search", "keyword_search", "adjacent", "origins", "similarity", "get")
+    names = ("embed", "keyword_search", "vector_search", "adjacent", "origins", "similarity", "get")
     stages: dict[str, list[float]] = {k: [] for k in names}
     keyword_hits = []
     for q in queries:
@@ -436,21 +436,22 @@ def measure_breakdown(
         watch = Stopwatch()
         vector = embedder.embed([q])[0]
         stages["embed"].append(watch.lap())
-        dense = store.vector_search(scope, vector, POOL, None, None, now)
-        stages["vector_search"].append(watch.lap())
-        sparse = store.keyword_search(scope, keyword_query(q), POOL, None, None, now)
-        stages["keyword_search"].append(watch.lap())
-        keyword_hits.append(len(sparse))
-        fused = fuse(dense, sparse)
-        watch.lap()
-        store.adjacent(TENANT, [f.id for f in fused[:20]], NEIGHBOUR_WINDOW, 1800 * 1_000_000, now)
-        stages["adjacent"].append(watch.lap())
-        store.origins(TENANT, [f.id for f in fused[:PRIOR_POOL]])
-        stages["origins"].append(watch.lap())
-        store.similarity(TENANT, [f.id for f in fused if f.vector is None], vector)
-        stages["similarity"].append(watch.lap())
-        store.get(TENANT, [f.id for f in fused[:10]])
-        stages["get"].append(watch.lap())
+        with store.snapshot():  # as in Memory.search: the keyword search reads the version the rest use
+            sparse = store.keyword_search(scope, keyword_query(q), POOL, None, None, now)
+            stages["keyword_search"].append(watch.lap())
+            keyword_hits.append(len(sparse))
+            dense = store.vector_search(scope, vector, POOL, None, None, now)
+            stages["vector_search"].append(watch.lap())
+            fused = fuse(dense, sparse)
+            watch.lap()
+            store.adjacent(TENANT, [f.id for f in fused[:20]], NEIGHBOUR_WINDOW, 1800 * 1_000_000, now)
+            stages["adjacent"].append(watch.lap())
+            store.origins(TENANT, [f.id for f in fused[:PRIOR_POOL]])
+            stages["origins"].append(watch.lap())
+            store.similarity(TENANT, [f.id for f in fused if f.vector is None], vector)
+            stages["similarity"].append(watch.lap())
+            store.get(TENANT, [f.id for f in fused[:10]])
+            stages["get"].append(watch.lap())
     out = {name: summary(samples) for name, samples in stages.items()}
     out["keyword_candidates"] = {"mean": round(statistics.fmean(keyword_hits), 1)}
     return out
