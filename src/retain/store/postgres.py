@@ -812,10 +812,23 @@ class PostgresStore(Store):
                 held = self._at_pinned_version(pinned, name, scope.tenant_id, scope.user_id)
             if held is not None:
                 return held, (), None
-        partition, row, allowed = self._cached_now(scope, name, kind, load, filtered, where, as_of, now, query)
+        key = (scope.tenant_id, scope.user_id)
+        columns, params = [_VERSION_SQL], [*key, *key]
+        if query is not None:
+            columns.append("tsvector_to_array(to_tsvector('english', %s))")
+            params.append(query)
+        if filtered:
+            fsql, fparams = self._search_filter(scope, where, as_of, now)
+            columns.append(f"ARRAY(SELECT m.id FROM memories m WHERE {fsql})")
+            params += fparams
+        row = self._fetch(f"SELECT {', '.join(columns)}", params)[0]
+        allowed = list(row[-1]) if filtered else None
+        partition = self._vectors.get(name, int(row[0]))
+        if partition is None:
+            partition = self._brought_up_to_date(kind, key, name, load, int(row[0]), int(row[1]))
         if pinned is not None:
             partition = pinned.setdefault(name, partition)
-        return partition, row, allowed
+        return partition, row[2:], allowed
 
     def _at_pinned_version(
         self, pinned: dict[str, Partition], name: str, tenant_id: str, user_id: str
@@ -828,39 +841,21 @@ class PostgresStore(Store):
             pinned[name] = found
         return found
 
-    def _cached_now(
+    def _brought_up_to_date(
         self,
-        scope: Scope,
-        name: str,
         kind: str,
+        key: tuple[str, str],
+        name: str,
         load: Callable[[int, int, int, Sequence[tuple[Any, ...]]], Partition],
-        filtered: bool,
-        where: Filter | None,
-        as_of: int | None,
-        now: int,
-        query: str | None,
-    ) -> tuple[Partition, tuple[Any, ...], list[str] | None]:
-        """`_cached`, reading the version (and the rest) in a round trip."""
-        assert scope.user_id is not None
-        key = (scope.tenant_id, scope.user_id)
-        columns, params = [_VERSION_SQL], [*key, *key]
-        if query is not None:
-            columns.append("tsvector_to_array(to_tsvector('english', %s))")
-            params.append(query)
-        if filtered:
-            fsql, fparams = self._search_filter(scope, where, as_of, now)
-            columns.append(f"ARRAY(SELECT m.id FROM memories m WHERE {fsql})")
-            params += fparams
-        row = self._fetch(f"SELECT {', '.join(columns)}", params)[0]
-        allowed = list(row[-1]) if filtered else None
-        cached = self._vectors.get(name, int(row[0]))
-        if cached is not None:
-            return cached, row[2:], allowed
+        version: int,
+        reset: int,
+    ) -> Partition:
+        """Partition `name` at `version` or later (see `_cached`), read and cached."""
         base = self._vectors.peek(name)
-        if base is not None and base.version > int(row[0]):
+        if base is not None and base.version > version:
             base = None
         sql = f"SELECT v.*, {_LOAD_SQL[kind]}".format(versions=_VERSIONS_AND_SEQ)
-        if base is not None and base.reset == int(row[1]):  # only additions: read just the new rows
+        if base is not None and base.reset == reset:  # only additions: read just the new rows
             rows = self._fetch(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq))
             if base.reset != int(rows[0][1]):  # something was removed since the first read
                 rows, base = self._refresh(kind, key, base, sql)
@@ -873,7 +868,7 @@ class PostgresStore(Store):
         if base is not None:
             partition = base.extended(partition)
         self._vectors.put(name, partition)
-        return partition, row[2:], allowed
+        return partition
 
     def _refresh(
         self, kind: str, key: tuple[str, str], base: Partition, sql: str
