@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -933,6 +934,49 @@ def test_adjacent_turns_stay_in_one_conversation_and_scope(store: Store) -> None
     assert m.store.adjacent("elsewhere", [day1[1]], 1, 1800 * 10**6, now_micros()) == {}
     m.update(day1[0], text="a1 edited")  # an edited turn is a new version; the old one is no longer a neighbour
     assert out[day1[1]] != _adjacent(m, [day1[1]])[day1[1]]
+    m.close()
+
+
+def test_adjacent_from_a_searched_users_cache_is_what_sql_answers(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a search caches the user, `adjacent` answers from the cached rows; before, from SQL. Same answers,
+    with superseded, categorised, expired and other-run rows among the turns, and after more turns arrive."""
+    m = Memory(store, HashEmbedder(DIM), settings=Settings(track_access=False))
+    at = "2024-01-01T10:00:00Z"
+    turns = [e.id for e in m.add([f"turn {i}" for i in range(8)], user_id="u", infer=False, at=at).results]
+    m.add(["run turn"], user_id="u", run_id="r", infer=False, at=at)
+    ten = int(datetime(2024, 1, 1, 10, tzinfo=UTC).timestamp()) * 10**6
+    gone = new_memory(
+        "gone", "expired turn", unit(1), scope(tenant=m.tenant_id, user="u"), valid_from=ten, expires_at=1
+    )
+    add(store, gone, tenant=m.tenant_id)
+    m.update(turns[2], text="turn 2 edited")
+    m.delete(turns[5])
+    m.add(["late turn"], user_id="u", infer=False, at="2024-01-03T10:00:00Z")
+    fact = new_memory("fact", "a fact", unit(1), scope(tenant=m.tenant_id, user="u"), category="fact", valid_from=0)
+    add(store, fact, tenant=m.tenant_id)
+    ids = [r.id for r in m.get_all(user_id="u", include_superseded=True, limit=100).results] + ["nope"]
+    current = {r.id for r in m.get_all(user_id="u", limit=100).results}
+    in_sql: list[str] = []
+    answer = store._adjacent_in_sql  # type: ignore[attr-defined]
+
+    def spy(*args: Any) -> Any:
+        in_sql.extend(args[-4])
+        return answer(*args)
+
+    monkeypatch.setattr(store, "_adjacent_in_sql", spy)
+    for _ in range(2):
+        cold = {id: sorted(turns) for id, turns in _adjacent(m, ids).items()}
+        assert set(in_sql) == set(ids)
+        in_sql.clear()
+        m.search("turn", user_id="u")  # caches the user's rows
+        warm = {id: sorted(turns) for id, turns in _adjacent(m, ids).items()}
+        assert warm == cold and turns[3] in cold and "gone" not in cold[turns[7]]
+        assert not set(in_sql) & current  # from the cache
+        in_sql.clear()
+        ids += [e.id for e in m.add(["another turn"], user_id="u", infer=False, at=at).results]
+        current = {r.id for r in m.get_all(user_id="u", limit=100).results}
     m.close()
 
 

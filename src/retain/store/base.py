@@ -227,10 +227,11 @@ class Store(ABC):
 
     @abstractmethod
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
-        """The turns next to each verbatim memory in `ids`: for a current memory without a category, the
-        current, unexpired memories without a category stored up to `window` places before and after it
-        in the same user, agent and run (by insertion order), with `valid_from` within `gap` of its own.
-        Ids outside the tenant, superseded or categorised ones map to nothing."""
+        """The turns next to each verbatim memory in `ids`: for a current memory without a category, of the
+        user's 2 x `window` current memories stored nearest before it and after it (insertion order), the
+        unexpired ones without a category in the same agent and run with `valid_from` within `gap` of its
+        own, at most `window` a side. Ids outside the tenant, superseded or categorised ones map to nothing.
+        """
 
     @abstractmethod
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:

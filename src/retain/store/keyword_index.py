@@ -293,8 +293,8 @@ class UserPostings(Postings):
     """A user's cached memory versions: keyword postings, and the metadata role and name `origins` reads
     (with `valid_from`), by row. Kept aligned with the rows through appends and refreshes.
 
-    PostgreSQL's also holds each row's `seq` and category, so that `neighbours` can answer
-    `Store.adjacent` without a round trip (SQLite answers it in SQL, which costs no round trip).
+    With each row's `seq` (SQLite: its rowid) and category, `neighbours` answers `Store.adjacent`
+    from them.
     """
 
     roles: npt.NDArray[np.object_] | None = None
@@ -335,18 +335,19 @@ class UserPostings(Postings):
 
     @cached_property
     def _seq_order(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """The rows in `seq` order, and each row's place in it."""
+        """The current rows in `seq` order, and each current row's place in it (-1 for the others)."""
         assert self.seqs is not None
-        order = np.argsort(self.seqs, kind="stable")
-        place = np.empty_like(order)
+        current = np.flatnonzero(self.valid_to == OPEN_END)
+        order = current[np.argsort(self.seqs[current], kind="stable")]
+        place = np.full(len(self.rowids), -1, dtype=np.int64)
         place[order] = np.arange(len(order))
         return order, place
 
     def neighbours(self, row: int, window: int, gap: int, now: int) -> list[str]:
-        """`Store.adjacent` for the memory at `row`, as PostgreSQL's SQL answers it: of the user's 2 x
-        `window` rows nearest by `seq` on each side, the current, unexpired turns (no category) of the
-        same agent and run with `valid_from` within `gap` of the row's, at most `window` a side, nearest
-        first. Nothing for a row that is not itself a current turn."""
+        """`Store.adjacent` for the memory at `row`: of the user's 2 x `window` current rows nearest it by
+        `seq` on each side, the unexpired turns (no category) of the same agent and run with `valid_from`
+        within `gap` of the row's, at most `window` a side, nearest first. Nothing for a row that is not
+        itself a current turn."""
         assert self.ids is not None and self.seqs is not None and self.categories is not None
         assert self.expires_at is not None
         if self.categories[row] is not None or self.valid_to[row] != OPEN_END:
@@ -359,7 +360,6 @@ class UserPostings(Postings):
                 int(r)
                 for r in side
                 if self.categories[r] is None
-                and self.valid_to[r] == OPEN_END
                 and self.agent[r] == self.agent[row]
                 and self.run[r] == self.run[row]
                 and abs(int(self.valid_from[r]) - int(self.valid_from[row])) <= gap

@@ -949,7 +949,7 @@ class PostgresStore(Store):
         # at 100 users); a NULL user gets its own branches, which other hits skip as a one-time filter.
         near = (
             "(SELECT m.id, m.seq, m.agent_id, m.run_id, m.category, m.valid_to, m.valid_from, m.expires_at "
-            "FROM memories m WHERE m.tenant_id = h.tenant_id AND {user} "
+            "FROM memories m WHERE m.tenant_id = h.tenant_id AND {user} AND m.valid_to IS NULL "
             "AND m.seq {side} h.seq ORDER BY m.seq {order} LIMIT %s)"
         )
         branches = [

@@ -590,7 +590,7 @@ class SQLiteStore(Store):
         cacheable = not db.in_transaction
         sql = (
             "SELECT m.rowid, m.id, m.agent_id, m.run_id, m.expires_at, "
-            f"coalesce(nullif(m.index_text, ''), m.text), m.valid_from, {_ROLE_AND_NAME} "
+            f"coalesce(nullif(m.index_text, ''), m.text), m.valid_from, {_ROLE_AND_NAME}, m.category "
             "FROM memories m WHERE m.tenant_id = ? AND m.user_id = ? AND m.valid_to IS NULL"
         )
         with db:  # one snapshot for the version and the rows
@@ -607,9 +607,10 @@ class SQLiteStore(Store):
                 rows = db.execute(sql + " AND m.rowid > ? ORDER BY m.rowid", (tenant_id, user_id, base.max_seq))
                 rows = rows.fetchall()
         n = len(rows)
+        rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         postings = keyword_index.from_tokens(
             version,
-            rowids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+            rowids=rowids,
             ids=np.array([r[1] for r in rows], dtype=object),
             agent=np.array([r[2] for r in rows], dtype=object),
             run=np.array([r[3] for r in rows], dtype=object),
@@ -619,6 +620,8 @@ class SQLiteStore(Store):
             cls=UserPostings,
             roles=np.array([r[7] for r in rows], dtype=object),
             names=np.array([r[8] for r in rows], dtype=object),
+            seqs=rowids,
+            categories=np.array([r[9] for r in rows], dtype=object),
             reset=reset,
             max_seq=int(rows[-1][0]) if rows else 0,
         )
@@ -708,28 +711,40 @@ class SQLiteStore(Store):
     def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
         if not ids or window <= 0:
             return {}
-        # For each hit, the user's nearest rows on each side by rowid (an index range, bounded, so a
-        # search never scans a user's history), then those that are turns of the same conversation.
+        # Hits among a cached user's current memories: from their rowid order (2.0 ms p50 in SQL for 20
+        # hits at 10k per user in a 1M file); the rest (and superseded or unknown ids) in SQL.
+        db = self._db()
+        out: dict[str, list[str]] = {}
+        held = self._cached_rows(db, tenant_id, ids)
+        for id, (_, rows, row) in held.items():
+            if turns := rows.neighbours(row, window, gap, now):
+                out[id] = turns
+        if rest := [id for id in ids if id not in held]:
+            out |= self._adjacent_in_sql(db, tenant_id, rest, window, gap, now)
+        return out
+
+    @staticmethod
+    def _adjacent_in_sql(
+        db: Any, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
+    ) -> dict[str, list[str]]:
+        # For each hit, the user's nearest current rows on each side by rowid (an index range, bounded by
+        # the superseded rows in between), then those that are turns of the same conversation.
         near = (
             "SELECT rowid FROM (SELECT rowid FROM memories WHERE tenant_id = h.tenant_id AND user_id IS h.user_id "
-            "AND rowid {side} h.rowid ORDER BY rowid {order} LIMIT :span)"
+            "AND valid_to IS NULL AND rowid {side} h.rowid ORDER BY rowid {order} LIMIT :span)"
         )
-        rows = (
-            self._db()
-            .execute(
-                "SELECT h.id, n.id, n.rowid > h.rowid FROM memories h JOIN memories n ON n.rowid IN ("
-                + near.format(side="<", order="DESC")
-                + " UNION ALL "
-                + near.format(side=">", order="ASC")
-                + ") WHERE +h.tenant_id = :tenant AND h.id IN (SELECT value FROM json_each(:ids)) "
-                "AND h.category IS NULL AND h.valid_to IS NULL "
-                "AND n.agent_id IS h.agent_id AND n.run_id IS h.run_id AND n.category IS NULL "
-                "AND n.valid_to IS NULL AND abs(n.valid_from - h.valid_from) <= :gap "
-                "AND (n.expires_at IS NULL OR n.expires_at > :now) ORDER BY h.id, abs(n.rowid - h.rowid)",
-                {"tenant": tenant_id, "ids": json.dumps(list(ids)), "span": 2 * window, "gap": gap, "now": now},
-            )
-            .fetchall()
-        )
+        rows = db.execute(
+            "SELECT h.id, n.id, n.rowid > h.rowid FROM memories h JOIN memories n ON n.rowid IN ("
+            + near.format(side="<", order="DESC")
+            + " UNION ALL "
+            + near.format(side=">", order="ASC")
+            + ") WHERE +h.tenant_id = :tenant AND h.id IN (SELECT value FROM json_each(:ids)) "
+            "AND h.category IS NULL AND h.valid_to IS NULL "
+            "AND n.agent_id IS h.agent_id AND n.run_id IS h.run_id AND n.category IS NULL "
+            "AND n.valid_to IS NULL AND abs(n.valid_from - h.valid_from) <= :gap "
+            "AND (n.expires_at IS NULL OR n.expires_at > :now) ORDER BY h.id, abs(n.rowid - h.rowid)",
+            {"tenant": tenant_id, "ids": json.dumps(list(ids)), "span": 2 * window, "gap": gap, "now": now},
+        ).fetchall()
         sides: dict[tuple[str, int], list[str]] = {}
         for hit, other, after in rows:
             sides.setdefault((hit, after), []).append(other)
