@@ -10,10 +10,11 @@ random unit vectors, users interleaved, one ADD event each, written through
   retrieval signals, fusion and the record fetch (distinct queries, so the
   embedding cache never answers);
 * a per-stage breakdown (embed, vector_search, keyword_search, ...);
-* `after_add_ms` / `after_delete_ms`: a search right after the queried user
-  gained one memory, and right after that memory was deleted again: what it
-  costs a store to bring its cached copy of the user up to date (p50 / p95
-  over `--after-writes` rounds);
+* `after_writes_ms` (`after_add`, `after_update`, `after_delete`): a search
+  right after the queried user gained one memory, right after that memory was
+  updated (superseded by a new version), and right after it was deleted
+  (purged): what it costs a store to bring its cached copy of the user up to
+  date (p50 / p95 over `--after-writes` rounds);
 * `fill_per_s`: memories per second through `Store.write` (the store's own
   ingest rate, no embedding);
 * `ingest_per_s`: chat messages per second through `Memory.add(infer=False)`
@@ -239,21 +240,26 @@ def run_one(
 
 
 def measure_after_writes(memory: Memory, gen: TextGenerator, rounds: int) -> dict[str, dict[str, float]]:
-    """A search of the queried user right after it gains a memory, and right after that one is deleted."""
+    """A search of the queried user right after it gains a memory, right after that one is updated (a new
+    version supersedes it), and right after the memory is deleted (purged, every version)."""
     if rounds == 0:
         return {}
-    queries = gen.queries(2 * rounds)
-    after_add, after_delete = [], []
+    queries = gen.queries(3 * rounds)
+    after: dict[str, list[float]] = {"after_add": [], "after_update": [], "after_delete": []}
     for i in range(rounds):
         (added,) = memory.add(gen.memories(1)[0], user_id=QUERIED_USER, infer=False).results
         watch = Stopwatch()
-        memory.search(queries[2 * i], user_id=QUERIED_USER)
-        after_add.append(watch.lap())
+        memory.search(queries[3 * i], user_id=QUERIED_USER)
+        after["after_add"].append(watch.lap())
+        memory.update(added.id, text=gen.memories(1)[0])
+        watch = Stopwatch()
+        memory.search(queries[3 * i + 1], user_id=QUERIED_USER)
+        after["after_update"].append(watch.lap())
         memory.delete(added.id)
         watch = Stopwatch()
-        memory.search(queries[2 * i + 1], user_id=QUERIED_USER)
-        after_delete.append(watch.lap())
-    return {"after_add": summary(after_add), "after_delete": summary(after_delete)}
+        memory.search(queries[3 * i + 2], user_id=QUERIED_USER)
+        after["after_delete"].append(watch.lap())
+    return {label: summary(samples) for label, samples in after.items()}
 
 
 def plot(results: Sequence[dict[str, Any]], out: Path) -> None:

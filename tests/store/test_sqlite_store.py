@@ -19,8 +19,9 @@ from retain.models import Scope
 from retain.store import open_store, sqlite_path
 from retain.store.base import Invalidate, NewMemory, Supersede, WriteBatch
 from retain.store.sqlite import SQLiteStore
-from retain.store.sqlite_schema import MIGRATIONS
+from retain.store.sqlite_schema import MIGRATIONS, OPEN_END
 from retain.testing import HashEmbedder
+from retain.timeutil import now_micros
 
 WRITER = textwrap.dedent(
     """
@@ -216,10 +217,14 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
     (first, _) = m.add(["alpha beta", "gamma"], user_id="a", infer=False).results
     m.update(first.id, text="alpha beta delta")
     m.close()
-    db = apsw.Connection(str(path))  # roll the file back to before m005
+    db = apsw.Connection(str(path))  # roll the file back to before m005 (and the later ones, which use it)
+    for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {trigger}")
     db.execute(
         "DROP TABLE keyword_stats; DROP TABLE memory_fts_vocab; ALTER TABLE memories DROP COLUMN index_text; "
-        "DELETE FROM schema_migrations WHERE version = 5"
+        "ALTER TABLE partition_versions DROP COLUMN reset; ALTER TABLE partition_versions DROP COLUMN ended; "
+        "DROP INDEX memory_vectors_validity; CREATE INDEX memory_vectors_partition ON memory_vectors (partition); "
+        "DELETE FROM schema_migrations WHERE version >= 5"
     )
     db.close()
     reopened = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False))
@@ -230,7 +235,7 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_m006_adds_partition_resets_set_by_triggers(tmp_path: Path) -> None:
+def test_m006_m007_add_partition_resets_and_endings_set_by_triggers(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     m = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False, index_context_turns=0))
     (first, second) = m.add(["alpha beta", "gamma"], user_id="a", infer=False).results
@@ -238,31 +243,93 @@ def test_m006_adds_partition_resets_set_by_triggers(tmp_path: Path) -> None:
     db = apsw.Connection(str(path))  # roll the file back to before m006
     for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         db.execute(f"DROP TRIGGER {trigger}")
-    db.execute("ALTER TABLE partition_versions DROP COLUMN reset; DELETE FROM schema_migrations WHERE version = 6")
+    db.execute(
+        "ALTER TABLE partition_versions DROP COLUMN reset; ALTER TABLE partition_versions DROP COLUMN ended; "
+        "DROP INDEX memory_vectors_validity; CREATE INDEX memory_vectors_partition ON memory_vectors (partition); "
+        "DELETE FROM schema_migrations WHERE version >= 6"
+    )
     db.close()
     reopened = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False))
     store = reopened.store
     assert isinstance(store, SQLiteStore)
 
-    def versions() -> tuple[int, int]:
-        row = store._db().execute("SELECT version, reset FROM partition_versions").fetchone()
-        return int(row[0]), int(row[1])
+    indexes = {r[0] for r in store._db().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "memory_vectors_validity" in indexes and "memory_vectors_partition" not in indexes
 
-    version, reset = versions()
-    assert reset == 0
+    def versions() -> tuple[int, int, int]:
+        row = store._db().execute("SELECT version, reset, ended FROM partition_versions").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    version, reset, ended = versions()
+    assert reset == ended == 0
     assert reopened.search("gamma", user_id="a").results[0].memory == "gamma"
     reopened.add("delta", user_id="a", infer=False)
-    assert versions() == (version + 1, 0)  # an add moves only the version
+    assert versions() == (version + 1, 0, 0)  # an add moves only the version
     before = version + 1
     reopened.update(first.id, text="alpha beta epsilon")
-    version, reset = versions()
-    assert version >= reset > before  # ending a memory marks the partition reset
+    version, reset, ended = versions()
+    assert reset == 0 and version >= ended > before  # ending a memory (and adding one) marks it ended
     store._db().execute("UPDATE memories SET updated_at = 1, access_count = 5")  # bookkeeping: nothing cached
-    assert versions() == (version, reset)
-    store._db().execute("DELETE FROM memories WHERE id = ?", (second.id,))  # any code, e.g. an older Retain's
-    version, reset = versions()
+    store._db().execute("UPDATE memories SET valid_to = valid_to")  # no change: nothing either
+    assert versions() == (version, reset, ended)
+    store._db().execute("UPDATE memories SET text = 'gamma!' WHERE id = ?", (second.id,))  # any code, e.g. a tool
+    version, reset, ended = versions()
+    assert reset == version > ended
+    store._db().execute("UPDATE memory_vectors SET valid_to = 7 WHERE valid_to = ?", (OPEN_END,))
+    assert versions()[2] == versions()[0] > reset  # a vector's validity alone: ended
+    store._db().execute("DELETE FROM memories WHERE id = ?", (second.id,))
+    version, reset, _ = versions()
     assert reset == version > 0
     reopened.close()
+
+
+def test_a_cached_user_after_endings_rereads_only_validity_and_answers_as_a_fresh_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After another process ends memories (an update, an invalidation as the pipeline's DELETE does) and adds
+    some, a process that cached the user reads their validity and the new rows only, not the user again, and
+    searches exactly as one that reads it cold."""
+    from retain.store import keyword_index, vector_index
+
+    path = str(tmp_path / "m.db")
+    settings = Settings(track_access=False)
+    reader, writer = (
+        Memory(path, HashEmbedder(16), settings=settings),
+        Memory(path, HashEmbedder(16), settings=settings),
+    )
+    words = ["tea", "berlin", "coffee", "pottery", "dog", "rain", "piano", "lisbon"]
+    texts = [f"turn {i} about {words[i % 8]} and {words[(3 * i) % 8]}" for i in range(40)]
+    ids = [e.id for e in writer.add(texts, user_id="u", infer=False).results]
+    queries = ["tea berlin", "dog rain", "piano lisbon coffee", "pottery"]
+    reader.search("tea", user_id="u")  # caches the user
+    tokenised: list[int] = []
+    revalidated: list[bool] = []
+    from_tokens, revalidate = keyword_index.from_tokens, vector_index.Partition.revalidated
+
+    def count_tokens(*args: Any, **kwargs: Any) -> Any:
+        tokenised.append(len(kwargs["tokens"]))
+        return from_tokens(*args, **kwargs)
+
+    def count_revalidated(self: Any, ends: Any) -> Any:
+        out = revalidate(self, ends)
+        revalidated.append(out is not None)
+        return out
+
+    monkeypatch.setattr(keyword_index, "from_tokens", count_tokens)
+    monkeypatch.setattr(vector_index.Partition, "revalidated", count_revalidated)
+    for round in range(2):
+        writer.update(ids[3 + round], text=f"turn revised {round} about tea in lisbon")
+        writer.store.write("default", WriteBatch(at=now_micros(), invalidate=[Invalidate(ids[10 + round], 1)]))
+        writer.add([f"new turn {round} about dog and piano", "more tea"], user_id="u", infer=False)
+        tokenised.clear()
+        warm = [reader.search(q, user_id="u", limit=20, explain=True).results for q in queries]
+        assert sum(tokenised) == 3 and revalidated == [True] * (round + 1)  # the revision and 2 new turns
+        cold = Memory(path, HashEmbedder(16), settings=settings)
+        assert warm == [cold.search(q, user_id="u", limit=20, explain=True).results for q in queries]
+        cold.close()
+    assert ids[10] not in {h.id for hits in warm for h in hits}
+    reader.close()
+    writer.close()
 
 
 # -- keyword search over the cached postings (keyword_index.partition_top_k) ---------------------------

@@ -93,12 +93,11 @@ class Postings(Partition):
             lengths=np.concatenate([self.lengths, extra.lengths]),
         )
 
-    def restricted(self, valid_to: dict[str, int | None]) -> Postings:
-        """As `Partition.restricted`, with the dropped rows' postings removed."""
+    def masked(self, keep: npt.NDArray[np.bool_], valid_to: npt.NDArray[np.int64]) -> Postings:
+        """As `Partition.masked`, with the dropped rows' postings removed."""
         assert self.vocabulary is not None and self.offsets is not None and self.docs is not None
         assert self.counts is not None and self.lengths is not None
-        keep = self.kept(valid_to)
-        rows = super().restricted(valid_to)
+        rows = super().masked(keep, valid_to)
         assert isinstance(rows, Postings)
         position = np.cumsum(keep) - 1
         entries = keep[self.docs]
@@ -320,10 +319,9 @@ class UserPostings(Postings):
             categories=joined(self.categories, extra.categories),
         )
 
-    def restricted(self, valid_to: dict[str, int | None]) -> UserPostings:
+    def masked(self, keep: npt.NDArray[np.bool_], valid_to: npt.NDArray[np.int64]) -> UserPostings:
         assert self.roles is not None and self.names is not None
-        keep = self.kept(valid_to)
-        rows = super().restricted(valid_to)
+        rows = super().masked(keep, valid_to)
         assert isinstance(rows, UserPostings)
         return replace(
             rows,

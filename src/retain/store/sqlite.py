@@ -594,13 +594,30 @@ class SQLiteStore(Store):
             "FROM memories m WHERE m.tenant_id = ? AND m.user_id = ? AND m.valid_to IS NULL"
         )
         with db:  # one snapshot for the version and the rows
-            version, reset = versions_of(db, name)
+            version, reset, ended = versions_of(db, name)
             cached = self._vectors.get(key, version)
             if isinstance(cached, UserPostings):
                 return cached
             base = self._vectors.peek(key)
             if not isinstance(base, UserPostings) or base.version > version or base.reset != reset:
                 base = None
+            if base is not None and base.ended != ended:  # memories were ended: keep those still current
+                current = np.fromiter(
+                    (
+                        r[0]
+                        for r in db.execute(
+                            "SELECT memory_rowid FROM memory_vectors WHERE partition = ? AND valid_to = ? "
+                            "AND memory_rowid <= ?",
+                            (name, OPEN_END, base.max_seq),
+                        )
+                    ),
+                    dtype=np.int64,
+                )
+                keep = np.isin(base.rowids, current)
+                if int(keep.sum()) == len(current):
+                    base = base.masked(keep, np.full(len(current), OPEN_END, dtype=np.int64))
+                else:  # a row is current again: read it all
+                    base = None
             if base is None:
                 rows = db.execute(sql + " ORDER BY m.rowid", (tenant_id, user_id)).fetchall()
             else:
@@ -623,6 +640,7 @@ class SQLiteStore(Store):
             seqs=rowids,
             categories=np.array([r[9] for r in rows], dtype=object),
             reset=reset,
+            ended=ended,
             max_seq=int(rows[-1][0]) if rows else 0,
         )
         if base is not None:

@@ -238,6 +238,56 @@ def _m006_partition_resets(db: apsw.Connection, ctx: SchemaContext) -> None:
     )
 
 
+#: Marks a partition whose rows were only ended (their `valid_to` set): its version moves on and `ended`.
+_END_IN_PARTITION = (
+    "INSERT INTO partition_versions (partition, version, reset, ended) VALUES ({partition}, 1, 0, 1) "
+    "ON CONFLICT (partition) DO UPDATE SET version = version + 1, ended = version + 1;"
+)
+
+
+def _m007_partition_endings(db: apsw.Connection, ctx: SchemaContext) -> None:
+    # `ended`: the version of the partition's last change that ended memories (superseded or deleted them,
+    # which sets `valid_to`) without changing anything else cached. A cached copy then re-reads only the
+    # validity of its rows instead of the partition (vector_index.py): the chat loop ends memories often.
+    # Changes to any other cached column still mark `reset`, and so does a change of both.
+    memory_partition = "old.tenant_id || char(31) || coalesce(old.user_id, '')"
+    memory_columns = "tenant_id, user_id, agent_id, run_id, text, index_text, metadata, valid_from, expires_at"
+    vector_columns = "memory_rowid, partition, agent_id, run_id, valid_from, embedding"
+
+    def changed(columns: str) -> str:
+        return " OR ".join(f"old.{c} IS NOT new.{c}" for c in columns.split(", "))
+
+    # The validity of a partition's rows is then read from an index (10k rows: the table's rows hold the
+    # vectors, 1.6 kB each), which also serves what the partition index did.
+    db.execute(
+        f"""
+        CREATE INDEX memory_vectors_validity ON memory_vectors (partition, memory_rowid, valid_to);
+        DROP INDEX memory_vectors_partition;
+        ALTER TABLE partition_versions ADD COLUMN ended INTEGER NOT NULL DEFAULT 0;
+        DROP TRIGGER memories_reset_on_update;
+        CREATE TRIGGER memories_reset_on_update AFTER UPDATE OF {memory_columns} ON memories
+        WHEN {changed(memory_columns)} BEGIN
+            {_RESET_PARTITION.format(partition=memory_partition)}
+            {_RESET_PARTITION.format(partition=memory_partition.replace("old.", "new."))}
+        END;
+        CREATE TRIGGER memories_ended_on_update AFTER UPDATE OF valid_to ON memories
+        WHEN old.valid_to IS NOT new.valid_to BEGIN
+            {_END_IN_PARTITION.format(partition=memory_partition)}
+        END;
+        DROP TRIGGER memory_vectors_reset_on_update;
+        CREATE TRIGGER memory_vectors_reset_on_update AFTER UPDATE OF {vector_columns} ON memory_vectors
+        WHEN {changed(vector_columns)} BEGIN
+            {_RESET_PARTITION.format(partition="old.partition")}
+            {_RESET_PARTITION.format(partition="new.partition")}
+        END;
+        CREATE TRIGGER memory_vectors_ended_on_update AFTER UPDATE OF valid_to ON memory_vectors
+        WHEN old.valid_to IS NOT new.valid_to BEGIN
+            {_END_IN_PARTITION.format(partition="old.partition")}
+        END;
+        """
+    )
+
+
 #: Version -> migration, applied in order; numbers are never reused.
 MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     1: _m001_core,
@@ -246,4 +296,5 @@ MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     4: _m004_api_keys,
     5: _m005_index_text_and_keyword_stats,
     6: _m006_partition_resets,
+    7: _m007_partition_endings,
 }

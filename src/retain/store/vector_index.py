@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,6 +70,9 @@ class Partition:
     #: to date by appending the rows numbered above the second.
     reset: int = 0
     max_seq: int = 0
+    #: SQLite: the version of the partition's last change that only ended rows (set their `valid_to`). While
+    #: `reset` stays put and this moves, the rows are the same and only their validity is read again.
+    ended: int = 0
     #: Whether `rowids` are positions (0..n-1, renumbered when rows are appended or dropped) rather than
     #: the store's own row numbers (kept as they are).
     positional: bool = False
@@ -102,16 +105,25 @@ class Partition:
             positional=self.positional,
         )
 
-    def kept(self, valid_to: dict[str, int | None]) -> npt.NDArray[np.bool_]:
-        assert self.ids is not None
-        return np.fromiter((id in valid_to for id in self.ids.tolist()), dtype=np.bool_, count=len(self.ids))
+    def revalidated(self, ends: Sequence[tuple[int, int]]) -> Partition | None:
+        """These rows with the (rowid, valid_to) of `ends`, the same rows read again in rowid order; None if
+        they are not the same rows (then read the partition whole)."""
+        rowids = np.fromiter((r[0] for r in ends), dtype=np.int64, count=len(ends))
+        if not np.array_equal(rowids, self.rowids):
+            return None
+        return replace(self, valid_to=np.fromiter((r[1] for r in ends), dtype=np.int64, count=len(ends)))
 
     def restricted(self, valid_to: dict[str, int | None]) -> Partition:
         """The rows whose id is in `valid_to`, with that validity end (None: current); the rest dropped."""
+        assert self.ids is not None
+        keep = np.fromiter((id in valid_to for id in self.ids.tolist()), dtype=np.bool_, count=len(self.ids))
+        ends = (OPEN_END if valid_to[id] is None else valid_to[id] for id in self.ids[keep].tolist())
+        return self.masked(keep, np.fromiter(ends, dtype=np.int64, count=int(keep.sum())))
+
+    def masked(self, keep: npt.NDArray[np.bool_], valid_to: npt.NDArray[np.int64]) -> Partition:
+        """The rows in `keep`, with the validity ends `valid_to` (one per kept row); the rest dropped."""
         assert self.ids is not None and self.expires_at is not None
-        keep = self.kept(valid_to)
         ids = self.ids[keep]
-        ends = (OPEN_END if valid_to[id] is None else valid_to[id] for id in ids.tolist())
         return replace(
             self,
             rowids=np.arange(len(ids), dtype=np.int64) if self.positional else self.rowids[keep],
@@ -119,7 +131,7 @@ class Partition:
             agent=self.agent[keep],
             run=self.run[keep],
             valid_from=self.valid_from[keep],
-            valid_to=np.fromiter(ends, dtype=np.int64, count=len(ids)),
+            valid_to=valid_to,
             ids=ids,
             expires_at=self.expires_at[keep],
             rows_by_id=None if self.rows_by_id is None else {id: row for row, id in enumerate(ids.tolist())},
@@ -243,10 +255,11 @@ def version_of(db: Any, name: str) -> int:
     return versions_of(db, name)[0]
 
 
-def versions_of(db: Any, name: str) -> tuple[int, int]:
-    """The partition's version and `reset`: the version of its last change that did more than add rows."""
-    row = db.execute("SELECT version, reset FROM partition_versions WHERE partition = ?", (name,)).fetchone()
-    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+def versions_of(db: Any, name: str) -> tuple[int, int, int]:
+    """The partition's version, `reset` (the version of its last change that did more than add or end rows)
+    and `ended` (of its last change that ended rows; SQLite only)."""
+    row = db.execute("SELECT version, reset, ended FROM partition_versions WHERE partition = ?", (name,)).fetchone()
+    return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
 
 def bump_versions(db: Any, names: Iterable[str], *, reset: bool = False) -> None:
@@ -270,7 +283,8 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
     When the cached copy is of an earlier version and the partition has only gained rows since (its
     `reset` has not moved), just the rows numbered above the copy's `max_seq` are read and appended:
     SQLite numbers a new row above every row there is, and no row of the partition was deleted since
-    (that would have moved `reset`), so the partition's new rows are exactly those. Otherwise it is read
+    (that would have moved `reset`), so the partition's new rows are exactly those. If rows were also
+    ended since (`ended` moved), the validity of the copy's rows is read again too. Otherwise it is read
     whole. Inside a write transaction the result is not cached: it may hold rows that roll back.
     """
     cacheable = not db.in_transaction
@@ -278,13 +292,20 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
         "SELECT memory_rowid, agent_id, run_id, valid_from, valid_to, embedding FROM memory_vectors WHERE partition = ?"
     )
     with db:  # one snapshot for the version and the rows (a savepoint inside a write transaction)
-        version, reset = versions_of(db, name)
+        version, reset, ended = versions_of(db, name)
         cached = cache.get(name, version)
         if cached is not None:
             return cached
         base = cache.peek(name)
         if base is not None and (base.version > version or base.reset != reset):
             base = None
+        if base is not None and base.ended != ended:
+            ends = db.execute(
+                "SELECT memory_rowid, valid_to FROM memory_vectors WHERE partition = ? AND memory_rowid <= ? "
+                "ORDER BY memory_rowid",
+                (name, base.max_seq),
+            ).fetchall()
+            base = base.revalidated(ends)
         if base is None:
             rows = db.execute(sql + " ORDER BY memory_rowid", (name,)).fetchall()
         else:
@@ -299,6 +320,7 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
         valid_from=np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows)),
         valid_to=np.fromiter((r[4] for r in rows), dtype=np.int64, count=len(rows)),
         reset=reset,
+        ended=ended,
         max_seq=int(rows[-1][0]) if rows else 0,
     )
     if base is not None:
