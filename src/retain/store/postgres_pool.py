@@ -50,7 +50,7 @@ class Connection(Protocol):
     @property
     def broken(self) -> bool: ...
 
-    def execute(self, query: str, params: Sequence[Any] | None = ..., /) -> Cursor: ...
+    def execute(self, query: str, params: Sequence[Any] | None = ..., /, *, binary: bool = ...) -> Cursor: ...
     def cursor(self, name: str = ...) -> Cursor: ...
 
 
@@ -105,8 +105,8 @@ class BridgedConnection:
     def broken(self) -> bool:
         return self.raw.broken
 
-    def execute(self, query: str, params: Sequence[Any] | None = None, /) -> BridgedCursor:
-        return BridgedCursor(await_(self.raw.execute(query, params)))
+    def execute(self, query: str, params: Sequence[Any] | None = None, /, *, binary: bool = False) -> BridgedCursor:
+        return BridgedCursor(await_(self.raw.execute(query, params, binary=binary)))
 
     def cursor(self, name: str = "") -> BridgedCursor:
         return BridgedCursor(self.raw.cursor(name=name) if name else self.raw.cursor())
