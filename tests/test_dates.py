@@ -35,6 +35,15 @@ def _days(query: str, asked: datetime = ASKED) -> list[tuple[str, str]]:
         ("the BBQ in April", [("2023-03-31", "2023-05-02")]),
         ("what he learnt in December 2023", [("2023-11-30", "2024-01-02")]),
         ("injuries in 2023", [("2023-01-01", "2024-01-01")]),
+        # a range is one window, from the start of the first date to the end of the second
+        ("what I read between May and July", [("2022-04-30", "2022-08-02")]),
+        ("trips from November to February", [("2022-10-31", "2023-03-02")]),
+        ("from 3 March to 9 March, 2023", [("2023-03-02", "2023-03-11")]),
+        ("between March 2022 and the 9th of May 2022", [("2022-02-28", "2022-05-11")]),
+        ("between 2020 and 2022", [("2020-01-01", "2023-01-01")]),
+        # two dates that are not a range stay two windows
+        ("on 3 March and on 9 March, 2023", [("2023-03-02", "2023-03-05"), ("2023-03-08", "2023-03-11")]),
+        ("from 9 March 2023 to 3 March 2023", [("2023-03-08", "2023-03-11"), ("2023-03-02", "2023-03-05")]),
     ],
 )
 def test_dates_become_windows(query: str, expected: list[tuple[str, str]]) -> None:

@@ -15,7 +15,8 @@ now for "the last N units".
 
 Only English is understood, and only expressions that name a time: "May I
 ask" is not May, so a month needs a preposition before it ("in May") or a day
-or year next to it.
+or year next to it. A range ("between May and July", "from 3 March to 9 March
+2023") is one window, from the start of the first to the end of the second.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ _MONTH_DAY = re.compile(rf"\b({_MONTH})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?(?!\d)(?
 _MONTH_YEAR = re.compile(rf"\b({_MONTH})\.?,?\s+(\d{{4}})\b", re.I)
 _IN_MONTH = re.compile(rf"\b(?:in|during|of|since|until|by|early|late|mid|this|last)\s+({_MONTH})\b", re.I)
 _YEAR = re.compile(r"\b(?:in|during|of|since|until|by)\s+((?:19|20)\d\d)\b", re.I)
+#: "between May and July", "from 2020 to 2022": bare months and years, which alone need a preposition.
+_MONTH_RANGE = re.compile(rf"\b(?:between|from)\s+({_MONTH})\s+(?:and|to|until|till|through)\s+({_MONTH})\b", re.I)
+_YEAR_RANGE = re.compile(
+    r"\b(?:between|from)\s+((?:19|20)\d\d)\s+(?:and|to|until|till|through|-|–)\s+((?:19|20)\d\d)\b", re.I
+)
+#: What opens a range before its first date, and joins it to the second.
+_RANGE_OPEN = re.compile(r"\b(?:between|from)\s+(?:the\s+)?$", re.I)
+_RANGE_JOIN = re.compile(r"^\s*(?:and|to|until|till|through|-|–)\s*(?:the\s+)?$", re.I)
 
 Window = tuple[datetime, datetime]
 
@@ -60,7 +69,7 @@ def query_windows(query: str, asked: datetime) -> list[Window]:
     if asked.tzinfo is not None:
         asked = asked.astimezone(UTC).replace(tzinfo=None)
     today = asked.replace(hour=0, minute=0, second=0, microsecond=0)
-    windows: list[Window] = []
+    found: list[tuple[tuple[int, int], Window]] = []  # each window with where the query names it
     taken: list[tuple[int, int]] = []
 
     def claim(match: re.Match[str]) -> bool:
@@ -70,51 +79,85 @@ def query_windows(query: str, asked: datetime) -> list[Window]:
         taken.append(span)
         return True
 
+    def add(window: Window) -> None:
+        """Record `window`, named by the match claimed last."""
+        found.append((taken[-1], window))
+
+    for m in _MONTH_RANGE.finditer(query):
+        if claim(m):
+            first, last = (_MONTHS[m.group(i).lower()] for i in (1, 2))
+            year = asked.year if last <= asked.month else asked.year - 1
+            start = _month(year if first <= last else year - 1, first)[0]
+            add((start, _month(year, last)[1]))
+    for m in _YEAR_RANGE.finditer(query):
+        if claim(m) and int(m.group(1)) <= int(m.group(2)):
+            add((datetime(int(m.group(1)), 1, 1), datetime(int(m.group(2)) + 1, 1, 1)))
+
     for m in _AGO.finditer(query):
         if claim(m):
             n = _count(m.group(1))
             back = timedelta(days=n * _UNIT_DAYS[m.group(2).lower()])
             tolerance = max(2 * _DAY, back / 4)
-            windows.append((asked - back - tolerance, asked - back + tolerance))
+            add((asked - back - tolerance, asked - back + tolerance))
     for m in _LAST_N.finditer(query):
         if claim(m):
             back = timedelta(days=_count(m.group(1)) * _UNIT_DAYS[m.group(2).lower()])
-            windows.append((asked - back - _DAY, asked))
+            add((asked - back - _DAY, asked))
     for m in _YESTERDAY.finditer(query):
         if claim(m):
             days = 2 if m.group(1).lower().startswith("the day before") else 1
-            windows.append(_day(today - days * _DAY))
+            add(_day(today - days * _DAY))
     for m in _LAST_WEEKDAY.finditer(query):
         if claim(m):
             days_back = (today.weekday() - _WEEKDAYS[m.group(1).lower()] - 1) % 7 + 1
-            windows.append(_day(today - days_back * _DAY))
+            add(_day(today - days_back * _DAY))
     for m in _LAST_UNIT.finditer(query):
         if claim(m):
             unit = m.group(1).lower()
             if unit == "year":
-                windows.append((datetime(asked.year - 1, 1, 1), datetime(asked.year, 1, 1)))
+                add((datetime(asked.year - 1, 1, 1), datetime(asked.year, 1, 1)))
             else:
                 back = timedelta(days=_UNIT_DAYS["week" if unit == "weekend" else unit])
-                windows.append((asked - 1.5 * back, asked))
+                add((asked - 1.5 * back, asked))
     for m in _DAY_MONTH.finditer(query):
         if claim(m) and (date := _date(m.group(3), m.group(2), int(m.group(1)), asked)):
-            windows.append(_day(date))
+            add(_day(date))
     for m in _MONTH_DAY.finditer(query):
         if claim(m) and (date := _date(m.group(3), m.group(1), int(m.group(2)), asked)):
-            windows.append(_day(date))
+            add(_day(date))
     for m in _MONTH_YEAR.finditer(query):
         if claim(m):
-            windows.append(_month(int(m.group(2)), _MONTHS[m.group(1).lower()]))
+            add(_month(int(m.group(2)), _MONTHS[m.group(1).lower()]))
     for m in _IN_MONTH.finditer(query):
         if claim(m):
             month = _MONTHS[m.group(1).lower()]
             year = asked.year if month <= asked.month else asked.year - 1
-            windows.append(_month(year, month))
+            add(_month(year, month))
     for m in _YEAR.finditer(query):
         if claim(m):
             year = int(m.group(1))
-            windows.append((datetime(year, 1, 1), datetime(year + 1, 1, 1)))
-    return windows
+            add((datetime(year, 1, 1), datetime(year + 1, 1, 1)))
+    return _joined_ranges(query, sorted(found))
+
+
+def _joined_ranges(query: str, found: list[tuple[tuple[int, int], Window]]) -> list[Window]:
+    """The windows, two dates named as a range ("between ... and ...", "from ... to ...") made one."""
+    out: list[Window] = []
+    i = 0
+    while i < len(found):
+        (span, window), following = found[i], found[i + 1] if i + 1 < len(found) else None
+        if (
+            following is not None
+            and _RANGE_OPEN.search(query[: span[0]])
+            and _RANGE_JOIN.match(query[span[1] : following[0][0]])
+            and window[0] <= following[1][1]
+        ):
+            out.append((window[0], following[1][1]))
+            i += 2
+        else:
+            out.append(window)
+            i += 1
+    return out
 
 
 def _count(word: str) -> int:
