@@ -913,7 +913,9 @@ def test_another_tenant_can_never_reach_rows_by_id(store: Store) -> None:
 
 
 def _adjacent(m: Memory, ids: list[str]) -> dict[str, list[str]]:
-    return m.store.adjacent(m.tenant_id, ids, 1, 1800 * 10**6, now_micros())
+    out = m.store.adjacent(m.tenant_id, ids, 1, 1800 * 10**6, now_micros())
+    assert all(distance == 1 for pairs in out.values() for _, distance in pairs)
+    return {hit: [other for other, _ in pairs] for hit, pairs in out.items()}
 
 
 def test_adjacent_turns_stay_in_one_conversation_and_scope(store: Store) -> None:
@@ -933,6 +935,18 @@ def test_adjacent_turns_stay_in_one_conversation_and_scope(store: Store) -> None
     assert m.store.adjacent("elsewhere", [day1[1]], 1, 1800 * 10**6, now_micros()) == {}
     m.update(day1[0], text="a1 edited")  # an edited turn is a new version; the old one is no longer a neighbour
     assert out[day1[1]] != _adjacent(m, [day1[1]])[day1[1]]
+    m.close()
+
+
+def test_adjacent_turns_carry_their_distance(store: Store) -> None:
+    m = Memory(store, HashEmbedder(DIM), settings=Settings(track_access=False))
+    at = "2024-01-01T10:00:00Z"
+    ids = [e.id for e in m.add(["t0", "t1", "t2", "t3", "t4", "t5"], user_id="u", infer=False, at=at).results]
+    later = [e.id for e in m.add(["n0"], user_id="u", infer=False, at="2024-01-03T10:00:00Z").results]
+    out = m.store.adjacent(m.tenant_id, [ids[2], ids[5]], 2, 1800 * 10**6, now_micros())
+    assert sorted(out[ids[2]]) == sorted([(ids[1], 1), (ids[3], 1), (ids[0], 2), (ids[4], 2)])
+    assert sorted(out[ids[5]]) == sorted([(ids[4], 1), (ids[3], 2)])  # the next day's turn is another conversation
+    assert later[0] not in {other for other, _ in out[ids[5]]}
     m.close()
 
 

@@ -217,10 +217,13 @@ class Store(ABC):
         """BM25 matches in scope; score is the BM25 relevance (higher is better)."""
 
     @abstractmethod
-    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
-        """The turns next to each verbatim memory in `ids`: for a current memory without a category, the
-        current, unexpired memories without a category stored up to `window` places before and after it
-        in the same user, agent and run (by insertion order), with `valid_from` within `gap` of its own.
+    def adjacent(
+        self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
+    ) -> dict[str, list[tuple[str, int]]]:
+        """The turns next to each verbatim memory in `ids`, with their distance: for a current memory
+        without a category, the current, unexpired memories without a category stored up to `window`
+        places before and after it in the same user, agent and run (by insertion order), with `valid_from`
+        within `gap` of its own, each as (id, distance), distance 1 for the nearest on its side.
         Ids outside the tenant, superseded or categorised ones map to nothing."""
 
     @abstractmethod

@@ -868,7 +868,9 @@ class PostgresStore(Store):
             rows_by_id={r[0]: row for row, r in enumerate(rows)},
         )
 
-    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
+    def adjacent(
+        self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
+    ) -> dict[str, list[tuple[str, int]]]:
         if not ids or window <= 0:
             return {}
         # For each hit, the user's nearest rows on each side by insertion order (bounded range scans of
@@ -897,9 +899,9 @@ class PostgresStore(Store):
         sides: dict[tuple[str, bool], list[str]] = {}
         for hit, other, after in rows:
             sides.setdefault((hit, after), []).append(other)
-        out: dict[str, list[str]] = {}
+        out: dict[str, list[tuple[str, int]]] = {}
         for (hit, _), others in sides.items():
-            out.setdefault(hit, []).extend(others[:window])
+            out.setdefault(hit, []).extend((other, distance) for distance, other in enumerate(others[:window], 1))
         return out
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:

@@ -705,7 +705,9 @@ class SQLiteStore(Store):
         ids = dict(rows)
         return [Candidate(ids[rowid], float(score)) for rowid, score in scored if rowid in ids]
 
-    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
+    def adjacent(
+        self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
+    ) -> dict[str, list[tuple[str, int]]]:
         if not ids or window <= 0:
             return {}
         # For each hit, the user's nearest rows on each side by rowid (an index range, bounded, so a
@@ -733,9 +735,9 @@ class SQLiteStore(Store):
         sides: dict[tuple[str, int], list[str]] = {}
         for hit, other, after in rows:
             sides.setdefault((hit, after), []).append(other)
-        out: dict[str, list[str]] = {}
+        out: dict[str, list[tuple[str, int]]] = {}
         for (hit, _), others in sides.items():
-            out.setdefault(hit, []).extend(others[:window])
+            out.setdefault(hit, []).extend((other, distance) for distance, other in enumerate(others[:window], 1))
         return out
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
