@@ -257,9 +257,25 @@ def test_a_hit_lifts_its_neighbouring_turns(tmp_path: Path) -> None:
         hits = m.search("kiwi", user_id="u", limit=3).results
         assert [h.id for h in hits][:2] == ids[:2]
         assert hits[1].score == pytest.approx(0.5 * hits[0].score)
-    off = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.0)
+    off = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.0, neighbour_weight_2=0.0)
     with Memory(str(tmp_path / "n.db"), HashEmbedder(), settings=off) as m:
         assert m.search("kiwi", user_id="u", limit=3).results[1].score < 0.5 * hits[0].score
+
+
+def test_a_hit_lifts_the_turns_two_places_away_less(tmp_path: Path) -> None:
+    turns = ["kiwi kiwi kiwi", "unrelated reply", "other words", "more filler", "last one"]
+    for second, lifted in ((0.3, True), (0.0, False)):
+        settings = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.5, neighbour_weight_2=second)
+        with Memory(str(tmp_path / f"n{second}.db"), HashEmbedder(), settings=settings) as m:
+            ids = [e.id for e in m.add(turns, user_id="u", infer=False).results]
+            scores = {h.id: h.score for h in m.search("kiwi", user_id="u", limit=5).results}
+            top = scores[ids[0]]
+            assert scores[ids[1]] == pytest.approx(0.5 * top)
+            if lifted:
+                assert scores[ids[2]] == pytest.approx(0.3 * top)
+            else:
+                assert scores.get(ids[2], 0.0) < 0.3 * top
+            assert scores.get(ids[3], 0.0) < 0.3 * top  # three places away: never lifted
 
 
 def test_a_query_naming_a_speaker_prefers_that_speakers_turns(tmp_path: Path) -> None:

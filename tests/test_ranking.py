@@ -21,20 +21,39 @@ def _f(id: str, score: float) -> Fused:
 
 def test_neighbours_are_lifted_to_a_fraction_of_the_hit_never_added() -> None:
     fused = [_f("a", 1.0), _f("b", 0.45), _f("c", 0.2)]
-    out = lift_neighbours(fused, {"a": ["c", "n"], "b": ["c"]}, 0.5, new_ok=True)
+    out = lift_neighbours(fused, {"a": [("c", 1), ("n", 1)], "b": [("c", 1)]}, [0.5], new_ok=True)
     scores = {f.id: f.score for f in out}
     assert scores == {"a": 1.0, "b": 0.45, "c": 0.5, "n": 0.5}
     assert [f.id for f in out] == ["a", "c", "n", "b"]
 
 
 def test_a_higher_own_score_is_kept() -> None:
-    out = lift_neighbours([_f("a", 1.0), _f("b", 0.9)], {"a": ["b"]}, 0.5, new_ok=True)
+    out = lift_neighbours([_f("a", 1.0), _f("b", 0.9)], {"a": [("b", 1)]}, [0.5], new_ok=True)
     assert [(f.id, f.score) for f in out] == [("a", 1.0), ("b", 0.9)]
 
 
 def test_without_new_ok_only_candidates_are_lifted() -> None:
-    out = lift_neighbours([_f("a", 1.0), _f("b", 0.1)], {"a": ["b", "n"]}, 0.5, new_ok=False)
+    out = lift_neighbours([_f("a", 1.0), _f("b", 0.1)], {"a": [("b", 1), ("n", 1)]}, [0.5], new_ok=False)
     assert [(f.id, f.score) for f in out] == [("a", 1.0), ("b", 0.5)]
+
+
+def test_turns_two_places_away_are_lifted_by_the_second_weight() -> None:
+    fused = [_f("a", 1.0), _f("b", 0.5), _f("x", 0.3)]
+    adjacent = {"a": [("n1", 1), ("n2", 2), ("n3", 3)], "b": [("x", 1)]}
+    out = lift_neighbours(fused, adjacent, [0.7, 0.4], new_ok=True)
+    scores = {f.id: f.score for f in out}
+    assert scores["n1"] == pytest.approx(0.7) and scores["n2"] == pytest.approx(0.4)
+    assert "n3" not in scores  # beyond the weights given
+    assert scores["x"] == pytest.approx(0.35)  # the max over its hits: b's 0.7 x 0.5 beats nothing else
+    assert [f.id for f in out] == ["a", "n1", "b", "n2", "x"]
+    # With one weight, the turns two places away are left alone.
+    assert "n2" not in {f.id for f in lift_neighbours(fused, adjacent, [0.7], new_ok=True)}
+
+
+def test_a_turn_near_two_hits_takes_the_larger_lift() -> None:
+    fused = [_f("a", 1.0), _f("b", 0.9)]
+    out = lift_neighbours(fused, {"a": [("m", 2)], "b": [("m", 1)]}, [0.7, 0.4], new_ok=True)
+    assert {f.id: f.score for f in out}["m"] == pytest.approx(0.63)  # b's adjacent lift, not a's 0.4
 
 
 def test_mmr_moves_a_near_duplicate_below_a_different_hit() -> None:

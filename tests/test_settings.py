@@ -31,6 +31,7 @@ def test_retrieval_settings_from_env() -> None:
         {
             "RETAIN_INDEX_CONTEXT_TURNS": "0",
             "RETAIN_NEIGHBOUR_WEIGHT": "0",
+            "RETAIN_NEIGHBOUR_WEIGHT_2": "0.25",
             "RETAIN_KEYWORD_WEIGHT": "1.5",
             "RETAIN_MMR_LAMBDA": "0.8",
             "RETAIN_SPEAKER_BOOST": "0",
@@ -40,6 +41,7 @@ def test_retrieval_settings_from_env() -> None:
         }
     )
     assert s.vector_cache_mb == 0
+    assert (s.neighbour_weight_2, Settings().neighbour_weight_2) == (0.25, 0.4)
     assert (s.index_context_turns, s.neighbour_weight, s.keyword_weight, s.mmr_lambda) == (0, 0.0, 1.5, 0.8)
     assert (s.speaker_boost, s.time_boost, s.role_prior) == (0.0, 2.0, 0.5)
 
@@ -52,6 +54,7 @@ def test_retrieval_settings_from_env() -> None:
         ("RETAIN_TRACK_ACCESS", "yes", "use true, false, 1 or 0"),
         ("RETAIN_INDEX_CONTEXT_TURNS", "-1", "0 or more"),
         ("RETAIN_NEIGHBOUR_WEIGHT", "1.5", r"\[0, 1\]"),
+        ("RETAIN_NEIGHBOUR_WEIGHT_2", "-0.1", r"\[0, 1\]"),
         ("RETAIN_KEYWORD_WEIGHT", "0", "positive"),
         ("RETAIN_MMR_LAMBDA", "0", r"\(0, 1\]"),
         ("RETAIN_SPEAKER_BOOST", "-1", "0 or more"),

@@ -78,8 +78,8 @@ CANDIDATE_POOL = 50
 PRIOR_POOL = 100
 #: Candidates re-ordered by maximal marginal relevance, at least.
 MMR_POOL = 50
-#: Turns on each side of a hit that neighbour expansion lifts.
-NEIGHBOUR_WINDOW = 1
+#: Turns on each side of a hit that neighbour expansion lifts (1 when `Settings.neighbour_weight_2` is 0).
+NEIGHBOUR_WINDOW = 2
 #: Earlier turns of the same session shown to the extraction call as context.
 CONTEXT_MESSAGES = 6
 #: How much of the new messages (from the end) forms the query for similar memories.
@@ -365,12 +365,16 @@ class Memory:
             dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
             fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
             st = self.settings
-            if st.neighbour_weight > 0:
+            # Lift weights by distance from a hit: the adjacent turns, then the turns two places away.
+            weights = (
+                (st.neighbour_weight, st.neighbour_weight_2) if st.neighbour_weight_2 > 0 else (st.neighbour_weight,)
+            )
+            if max(weights) > 0:
                 gap = int(st.conversation_gap_seconds * 1_000_000)
                 sources = [f.id for f in fused[: 2 * limit]]
-                adjacent = self.store.adjacent(self.tenant_id, sources, NEIGHBOUR_WINDOW, gap, now)
+                adjacent = self.store.adjacent(self.tenant_id, sources, len(weights), gap, now)
                 # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
-                fused = lift_neighbours(fused, adjacent, st.neighbour_weight, new_ok=where is None and as_of is None)
+                fused = lift_neighbours(fused, adjacent, weights, new_ok=where is None and as_of is None)
             windows = query_windows(query, from_micros(now if asked is None else asked)) if st.time_boost > 0 else []
             if st.speaker_boost > 0 or st.role_prior > 0 or windows:
                 # Priors on who spoke and when: they scale scores by a few times at most, so only the head can

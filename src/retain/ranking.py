@@ -9,13 +9,13 @@ by default (`Settings.keyword_weight`): with turns keyword-indexed with their
 speaker and context, BM25 is the sharper signal on LoCoMo (recall@10 0.730 ->
 0.744) and LongMemEval_S is within a question of unchanged. See BENCHMARKS.md.
 
-After fusion: a hit lifts its neighbouring turns (`lift_neighbours`), then
-priors on who spoke and when re-weigh the head of the list: turns of a speaker
-the query names are boosted (`boost_speakers`), memories from a date the query
-names are boosted (`boost_in_windows`, windows from `retain.dates`), and in a
-two-party chat the turns of the side the query does not ask about are damped
-(`prefer_role`: "what did I ..." is answered by the user's turns, "what did
-you recommend ..." by the assistant's). Optionally the list is re-ordered for
+After fusion: a hit lifts its neighbouring turns, and less the turns two places
+away (`lift_neighbours`), then priors on who spoke and when re-weigh the head of
+the list: turns of a speaker the query names are boosted (`boost_speakers`),
+memories from a date the query names are boosted (`boost_in_windows`, windows
+from `retain.dates`), and in a two-party chat the turns of the side the query
+does not ask about are damped (`prefer_role`: "what did I ..." is answered by
+the user's turns, "what did you recommend ..." by the assistant's). Optionally the list is re-ordered for
 diversity (`diversify`, MMR). Weighted score fusion, session-level score
 aggregation and per-session diversity were measured and lost (BENCHMARKS.md).
 """
@@ -23,6 +23,7 @@ aggregation and per-session diversity were measured and lost (BENCHMARKS.md).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,8 +65,11 @@ def fuse(dense: list[Candidate], sparse: list[Candidate], k: int = RRF_K, keywor
     return fused
 
 
-def lift_neighbours(fused: list[Fused], adjacent: dict[str, list[str]], weight: float, new_ok: bool) -> list[Fused]:
-    """Raise each hit's adjacent turns to at least `weight` x its score, then re-sort.
+def lift_neighbours(
+    fused: list[Fused], adjacent: dict[str, list[tuple[str, int]]], weights: Sequence[float], new_ok: bool
+) -> list[Fused]:
+    """Raise each hit's turns at distance d (`adjacent`: (id, d)) to at least `weights[d - 1]` x its
+    score, then re-sort; turns further away than `len(weights)` are left alone.
 
     The lift is a max, never a sum: adding scores let turns with two decent neighbours
     overtake the turn that answers (LongMemEval turn recall@5 fell from 0.68 to 0.42).
@@ -74,9 +78,9 @@ def lift_neighbours(fused: list[Fused], adjacent: dict[str, list[str]], weight: 
     by_id = {f.id: f for f in fused}
     lifted = dict.fromkeys(by_id, 0.0)
     for f in fused:
-        for other in adjacent.get(f.id, []):
-            if other in by_id or new_ok:
-                lifted[other] = max(lifted.get(other, 0.0), weight * f.score)
+        for other, distance in adjacent.get(f.id, []):
+            if distance <= len(weights) and (other in by_id or new_ok):
+                lifted[other] = max(lifted.get(other, 0.0), weights[distance - 1] * f.score)
     out = [f if f.score >= lifted[f.id] else Fused(f.id, lifted[f.id], f.vector, f.keyword, f.bm25) for f in fused]
     out += [Fused(id, score, None, None, None) for id, score in lifted.items() if id not in by_id]
     out.sort(key=lambda f: (-f.score, f.id))

@@ -74,6 +74,10 @@ class Settings:
     role_prior: float = 1.0
     #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
     neighbour_weight: float = 0.7
+    #: A search hit lifts the turns two places away to this fraction of its score (0: off). In a two-party
+    #: chat they are the hit's speaker's own turns just before and after it, which often carry the rest of
+    #: what the hit is about (LongMemEval: the user's next message; LoCoMo: the same person's next line).
+    neighbour_weight_2: float = 0.4
     #: Relevance weight of maximal-marginal-relevance re-ordering (1: off, pure relevance).
     mmr_lambda: float = 1.0
     #: Per-process memory for cached users' vectors and keyword postings, in MiB (least recently used
@@ -147,6 +151,7 @@ _PARSED: dict[str, tuple[str, _Parser]] = {
     "RETAIN_MAX_REQUEST_BYTES": ("max_request_bytes", _ranged(int, 0, low_open=True)),
     "RETAIN_INDEX_CONTEXT_TURNS": ("index_context_turns", _ranged(int, 0)),
     "RETAIN_NEIGHBOUR_WEIGHT": ("neighbour_weight", _ranged(float, 0, 1)),
+    "RETAIN_NEIGHBOUR_WEIGHT_2": ("neighbour_weight_2", _ranged(float, 0, 1)),
     "RETAIN_KEYWORD_WEIGHT": ("keyword_weight", _ranged(float, 0, low_open=True)),
     "RETAIN_SPEAKER_BOOST": ("speaker_boost", _ranged(float, 0)),
     "RETAIN_TIME_BOOST": ("time_boost", _ranged(float, 0)),

@@ -914,7 +914,9 @@ def test_another_tenant_can_never_reach_rows_by_id(store: Store) -> None:
 
 
 def _adjacent(m: Memory, ids: list[str]) -> dict[str, list[str]]:
-    return m.store.adjacent(m.tenant_id, ids, 1, 1800 * 10**6, now_micros())
+    out = m.store.adjacent(m.tenant_id, ids, 1, 1800 * 10**6, now_micros())
+    assert all(distance == 1 for pairs in out.values() for _, distance in pairs)
+    return {hit: [other for other, _ in pairs] for hit, pairs in out.items()}
 
 
 def test_adjacent_turns_stay_in_one_conversation_and_scope(store: Store) -> None:
@@ -966,17 +968,33 @@ def test_adjacent_from_a_searched_users_cache_is_what_sql_answers(
         return answer(*args)
 
     monkeypatch.setattr(store, "_adjacent_in_sql", spy)
+
+    def near(ids: list[str]) -> dict[str, list[tuple[str, int]]]:  # two places a side, with distances
+        return store.adjacent(m.tenant_id, ids, 2, 1800 * 10**6, now_micros())
+
     for _ in range(2):
-        cold = {id: sorted(turns) for id, turns in _adjacent(m, ids).items()}
+        cold = {id: sorted(turns) for id, turns in near(ids).items()}
         assert set(in_sql) == set(ids)
         in_sql.clear()
         m.search("turn", user_id="u")  # caches the user's rows
-        warm = {id: sorted(turns) for id, turns in _adjacent(m, ids).items()}
-        assert warm == cold and turns[3] in cold and "gone" not in cold[turns[7]]
+        warm = {id: sorted(turns) for id, turns in near(ids).items()}
+        assert warm == cold and turns[3] in cold and "gone" not in {other for other, _ in cold[turns[7]]}
         assert not set(in_sql) & current  # from the cache
         in_sql.clear()
         ids += [e.id for e in m.add(["another turn"], user_id="u", infer=False, at=at).results]
         current = {r.id for r in m.get_all(user_id="u", limit=100).results}
+    m.close()
+
+
+def test_adjacent_turns_carry_their_distance(store: Store) -> None:
+    m = Memory(store, HashEmbedder(DIM), settings=Settings(track_access=False))
+    at = "2024-01-01T10:00:00Z"
+    ids = [e.id for e in m.add(["t0", "t1", "t2", "t3", "t4", "t5"], user_id="u", infer=False, at=at).results]
+    later = [e.id for e in m.add(["n0"], user_id="u", infer=False, at="2024-01-03T10:00:00Z").results]
+    out = m.store.adjacent(m.tenant_id, [ids[2], ids[5]], 2, 1800 * 10**6, now_micros())
+    assert sorted(out[ids[2]]) == sorted([(ids[1], 1), (ids[3], 1), (ids[0], 2), (ids[4], 2)])
+    assert sorted(out[ids[5]]) == sorted([(ids[4], 1), (ids[3], 2)])  # the next day's turn is another conversation
+    assert later[0] not in {other for other, _ in out[ids[5]]}
     m.close()
 
 

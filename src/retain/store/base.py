@@ -226,11 +226,14 @@ class Store(ABC):
         """BM25 matches in scope; score is the BM25 relevance (higher is better)."""
 
     @abstractmethod
-    def adjacent(self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int) -> dict[str, list[str]]:
-        """The turns next to each verbatim memory in `ids`: for a current memory without a category, of the
-        user's 2 x `window` current memories stored nearest before it and after it (insertion order), the
-        unexpired ones without a category in the same agent and run with `valid_from` within `gap` of its
-        own, at most `window` a side. Ids outside the tenant, superseded or categorised ones map to nothing.
+    def adjacent(
+        self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
+    ) -> dict[str, list[tuple[str, int]]]:
+        """The turns next to each verbatim memory in `ids`, with their distance: for a current memory
+        without a category, of the user's 2 x `window` current memories stored nearest before it and after
+        it (insertion order), the unexpired ones without a category in the same agent and run with
+        `valid_from` within `gap` of its own, at most `window` a side, each as (id, distance): distance 1
+        for the nearest on its side. Ids outside the tenant, superseded or categorised ones map to nothing.
         """
 
     @abstractmethod

@@ -341,18 +341,18 @@ class UserPostings(Postings):
         place[order] = np.arange(len(order))
         return order, place
 
-    def neighbours(self, row: int, window: int, gap: int, now: int) -> list[str]:
+    def neighbours(self, row: int, window: int, gap: int, now: int) -> list[tuple[str, int]]:
         """`Store.adjacent` for the memory at `row`: of the user's 2 x `window` current rows nearest it by
         `seq` on each side, the unexpired turns (no category) of the same agent and run with `valid_from`
-        within `gap` of the row's, at most `window` a side, nearest first. Nothing for a row that is not
-        itself a current turn."""
+        within `gap` of the row's, at most `window` a side, as (id, distance), distance 1 the nearest on
+        its side. Nothing for a row that is not itself a current turn."""
         assert self.ids is not None and self.seqs is not None and self.categories is not None
         assert self.expires_at is not None
         if self.categories[row] is not None or self.valid_to[row] != OPEN_END:
             return []
         order, place = self._seq_order
         at = int(place[row])
-        out: list[str] = []
+        out: list[tuple[str, int]] = []
         for side in (order[max(0, at - 2 * window) : at][::-1], order[at + 1 : at + 1 + 2 * window]):
             kept = [
                 int(r)
@@ -363,5 +363,5 @@ class UserPostings(Postings):
                 and abs(int(self.valid_from[r]) - int(self.valid_from[row])) <= gap
                 and self.expires_at[r] > now
             ]
-            out += [str(self.ids[r]) for r in kept[:window]]
+            out += [(str(self.ids[r]), distance) for distance, r in enumerate(kept[:window], 1)]
         return out
