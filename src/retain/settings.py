@@ -72,8 +72,9 @@ class Settings:
     time_boost: float = 3.0
     #: Chat turns in the other role than the one a query asks about score (1 + this) times lower (0: off).
     role_prior: float = 1.0
-    #: A search hit lifts its adjacent turns to this fraction of its score (0: off).
-    neighbour_weight: float = 0.7
+    #: A search hit lifts its adjacent turns to this fraction of its score (0: off). 0.6 with the lift at
+    #: distance 2 (0.7 before it; BENCHMARKS.md).
+    neighbour_weight: float = 0.6
     #: A search hit lifts the turns two places away to this fraction of its score (0: off). In a two-party
     #: chat they are the hit's speaker's own turns just before and after it, which often carry the rest of
     #: what the hit is about (LongMemEval: the user's next message; LoCoMo: the same person's next line).
