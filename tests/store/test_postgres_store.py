@@ -430,3 +430,62 @@ def test_a_search_snapshot_reads_the_version_once_and_holds_it_for_its_own_threa
     assert new in ids(m.store)
     m.close()
     writer.close()
+
+
+def test_a_cached_user_after_endings_applies_the_log_and_answers_as_a_fresh_read(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After another process ends memories (an update, an invalidation) and adds some, a process that cached
+    the user applies the log of ended memories read with the new rows, instead of reading which memories
+    remain (`_refresh`), and searches exactly as one that reads the user cold. A log that grows past its
+    bound marks a reset instead."""
+    from retain.store import postgres
+    from retain.store.base import Invalidate, WriteBatch
+    from retain.timeutil import now_micros
+
+    settings = Settings(track_access=False)
+
+    def memory() -> Memory:
+        return Memory(
+            PostgresStore(postgres_dsn, dimensions=16, embedder_id="hash:16"), HashEmbedder(16), settings=settings
+        )
+
+    reader, writer = memory(), memory()
+    words = ["tea", "berlin", "coffee", "pottery", "dog", "rain", "piano", "lisbon"]
+    texts = [f"turn {i} about {words[i % 8]} and {words[(3 * i) % 8]}" for i in range(40)]
+    ids = [e.id for e in writer.add(texts, user_id="u", infer=False).results]
+    queries = ["tea berlin", "dog rain", "piano lisbon coffee", "pottery"]
+    reader.search("tea", user_id="u")  # caches the user
+    refreshed: list[str] = []
+    refresh = reader.store._refresh  # type: ignore[attr-defined]
+
+    def spy(kind: str, *args: Any) -> Any:
+        refreshed.append(kind)
+        return refresh(kind, *args)
+
+    monkeypatch.setattr(reader.store, "_refresh", spy)
+    for round in range(2):
+        writer.update(ids[3 + round], text=f"turn revised {round} about tea in lisbon")
+        writer.store.write("default", WriteBatch(at=now_micros(), invalidate=[Invalidate(ids[10 + round], 1)]))
+        writer.add([f"new turn {round} about dog and piano", "more tea"], user_id="u", infer=False)
+        warm = [reader.search(q, user_id="u", limit=20, explain=True).results for q in queries]
+        cold = memory()
+        assert warm == [cold.search(q, user_id="u", limit=20, explain=True).results for q in queries]
+        cold.close()
+        assert refreshed == []  # the log, not the remaining ids
+        assert ids[10 + round] not in {h.id for hits in warm for h in hits}
+
+    monkeypatch.setattr(postgres, "ENDED_LOG_MAX", 5)  # the log holds 4 entries: one more ending passes 5
+    with psycopg.connect(postgres_dsn) as conn:
+        before = conn.execute("SELECT version, reset FROM partition_versions").fetchone()
+    writer.update(ids[20], text="turn 20 revised")
+    writer.update(ids[21], text="turn 21 revised")
+    with psycopg.connect(postgres_dsn) as conn:
+        version, reset, log = conn.execute("SELECT version, reset, ended FROM partition_versions").fetchone()
+    assert before is not None and reset == version > before[1] and log == []
+    assert [h.id for h in reader.search("turn 21 revised", user_id="u", limit=3).results] == [
+        h.id for h in writer.search("turn 21 revised", user_id="u", limit=3).results
+    ]
+    assert refreshed  # after the reset: the remaining ids again
+    reader.close()
+    writer.close()

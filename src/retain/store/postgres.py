@@ -123,8 +123,16 @@ _MEMBERS_SQL = {
     "postings": "SELECT json_agg(json_build_array(m.id, m.valid_to)) FROM memories m "
     "WHERE m.tenant_id = %s AND m.user_id = %s AND m.seq <= %s",
 }
-#: The versions and the user's highest `seq` (to read only later rows next time). Takes (tenant, user) 3x.
-_VERSIONS_AND_SEQ = f"SELECT {_VERSION_SQL}, (SELECT max(seq) FROM memories WHERE tenant_id = %s AND user_id = %s)"
+#: The versions, the user's highest `seq` (to read only later rows next time) and the log of the memories
+#: ended since the last reset (postgres_schema `_m005`). Takes (tenant, user) 4x.
+_VERSIONS_AND_SEQ = (
+    f"SELECT {_VERSION_SQL}, (SELECT max(seq) FROM memories WHERE tenant_id = %s AND user_id = %s), "
+    "(SELECT ended FROM partition_versions WHERE tenant_id = %s AND user_id = %s)"
+)
+#: Columns `_VERSIONS_AND_SEQ` puts before a partition's rows.
+_HEAD = 4
+#: Entries a user's log of ended memories holds at most; a write that would pass it marks a reset.
+ENDED_LOG_MAX = 256
 #: What a cached partition of each kind is read from, in one statement (one snapshot): the versions and
 #: `seq`, then the loader's columns of each of the user's rows (`{versions}`, then (tenant, user)).
 _LOAD_SQL = {
@@ -483,9 +491,13 @@ class PostgresStore(Store):
                     "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}\x1f{user}\x1f{agent}",)
                 )
             # First (after the dedup locks): a user's inserts then commit in `seq` order (see `_cached`).
-            ended = [s.old_id for s in batch.supersede] + [i.id for i in batch.invalidate]
+            ended = {s.old_id: s.valid_to for s in batch.supersede} | {i.id: i.valid_to for i in batch.invalidate}
             _bump_versions(
-                cur, tenant_id, {m.scope.user_id for m in batch.memories}, self._users_of(cur, tenant_id, ended)
+                cur,
+                tenant_id,
+                {m.scope.user_id for m in batch.memories},
+                set(),
+                self._ends_by_user(cur, tenant_id, ended),
             )
             if not dedup_scopes:
                 cur.executemany(_INSERT_MEMORY, [self._memory_row(tenant_id, m, batch.at) for m in batch.memories])
@@ -627,15 +639,17 @@ class PostgresStore(Store):
             raise StoreError(f"Memory {id!r} is not current any more (changed concurrently); retry the operation.")
 
     @staticmethod
-    def _users_of(cur: Cursor, tenant_id: str, ids: Sequence[str]) -> set[str | None]:
-        """The users whose memories these are (a memory never changes user)."""
-        if not ids:
-            return set()
+    def _ends_by_user(cur: Cursor, tenant_id: str, ends: dict[str, int]) -> dict[str | None, list[tuple[str, int]]]:
+        """The (id, valid_to) of `ends` by the user whose memory each is."""
+        if not ends:
+            return {}
         cur.execute(
-            "SELECT DISTINCT user_id FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])",
-            (tenant_id, list(ids)),
+            "SELECT id, user_id FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])", (tenant_id, list(ends))
         )
-        return {r[0] for r in cur.fetchall()}
+        out: dict[str | None, list[tuple[str, int]]] = {}
+        for id, user in cur.fetchall():
+            out.setdefault(user, []).append((str(id), ends[str(id)]))
+        return out
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
         if not counts:
@@ -797,8 +811,9 @@ class PostgresStore(Store):
         the partition, the columns read after the versions, and those ids. If the user only gained
         memories since the cached version, only those are read and appended (rows are added in `seq`
         order: writers bump the version before they insert, so a user's inserts commit one after
-        another); if memories were also ended or removed, the ids still there are read as well
-        (`_refresh`); a partition not cached yet is read whole. Every read takes the versions with the
+        another); memories ended since come from the user's log of them, read in the same statement
+        (`with_ended`); if memories were removed or rewritten (a reset), the ids still there are read
+        as well (`_refresh`); a partition not cached yet is read whole. Every read takes the versions with the
         rows in one snapshot, and happens outside the cache's lock.
 
         Inside a `snapshot` the partition used is pinned, and a call that needs nothing else from SQL
@@ -856,16 +871,19 @@ class PostgresStore(Store):
         if base is not None and base.version > version:
             base = None
         sql = f"SELECT v.*, {_LOAD_SQL[kind]}".format(versions=_VERSIONS_AND_SEQ)
-        if base is not None and base.reset == reset:  # only additions: read just the new rows
-            rows = self._fetch(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq), binary=True)
+        if base is not None and base.reset == reset:  # additions and endings only: the new rows and the log
+            rows = self._fetch(sql + " AND m.seq > %s", (*key, *key, *key, *key, *key, base.max_seq), binary=True)
             if base.reset != int(rows[0][1]):  # something was removed since the first read
                 rows, base = self._refresh(kind, key, base, sql)
+            else:
+                ends = {str(id): int(end) for at, id, end in rows[0][3] or [] if int(at) > base.version}
+                base = base.with_ended(ends, keep=kind == "postings")
         elif base is not None:  # removals too: which rows are left, and the new ones, in one snapshot
             rows, base = self._refresh(kind, key, base, sql)
         else:
-            rows = self._fetch(sql, (*key, *key, *key, *key), binary=True)
+            rows = self._fetch(sql, (*key, *key, *key, *key, *key), binary=True)
         version, reset, max_seq = int(rows[0][0]), int(rows[0][1]), int(rows[0][2] or 0)
-        partition = load(version, reset, max_seq, [r[3:] for r in rows if r[3] is not None])
+        partition = load(version, reset, max_seq, [r[_HEAD:] for r in rows if r[_HEAD] is not None])
         if base is not None:
             partition = base.extended(partition)
         self._vectors.put(name, partition)
@@ -884,7 +902,7 @@ class PostgresStore(Store):
             # Only rows the partition can hold (seq <= its max): an id purged and imported again is a new
             # row, read with the new rows below, and its old cached row must go.
             found = conn.execute(members, (*key, base.max_seq)).fetchone()
-            new = conn.execute(sql + " AND m.seq > %s", (*key, *key, *key, *key, base.max_seq), binary=True)
+            new = conn.execute(sql + " AND m.seq > %s", (*key, *key, *key, *key, *key, base.max_seq), binary=True)
             rows = new.fetchall()
         valid_to = {str(id): end for id, end in (found[0] if found and found[0] else [])}
         return rows, base.restricted(valid_to)
@@ -1308,23 +1326,46 @@ class PostgresStore(Store):
         return {table: int(self._fetch(f"SELECT count(*) FROM {table}")[0][0]) for table in tables}
 
 
-def _bump_versions(cur: Cursor, tenant_id: str, added: set[str | None], changed: set[str | None]) -> None:
+def _bump_versions(
+    cur: Cursor,
+    tenant_id: str,
+    added: set[str | None],
+    changed: set[str | None],
+    ended: dict[str | None, list[tuple[str, int]]] | None = None,
+) -> None:
     """Mark users' memories changed (see vector_index.py), first thing in the transaction that changes them.
 
-    `added`: users who only gain memories in it; `changed`: users whose memories it ends or removes.
-    Every writer takes these row locks first, in one statement and in sorted order, before any lock on
-    a memory, so writers of the same user queue here and never deadlock with each other.
+    `added`: users who only gain memories in it; `changed`: users whose memories it removes or rewrites
+    (a reset); `ended`: the (id, valid_to) of the memories it ends, by user, appended to the user's log
+    (a reset instead past `ENDED_LOG_MAX` entries). Every writer takes these row locks first, in one
+    statement and in sorted order, before any lock on a memory, so writers of the same user queue here
+    and never deadlock with each other.
     """
-    flags = {user or "": False for user in added} | {user or "": True for user in changed}
-    if flags:
-        keys = sorted(flags)
-        cur.execute(
-            "INSERT INTO partition_versions AS p (tenant_id, user_id, version, reset) "
-            "SELECT %s, u, 1, r::int FROM unnest(%s::text[], %s::bool[]) AS t (u, r) ORDER BY u "
-            "ON CONFLICT (tenant_id, user_id) DO UPDATE "
-            "SET version = p.version + 1, reset = CASE WHEN excluded.reset = 1 THEN p.version + 1 ELSE p.reset END",
-            (tenant_id, keys, [flags[k] for k in keys]),
-        )
+    ended = ended or {}
+    keys = sorted({user or "" for user in [*added, *changed, *ended]})
+    if not keys:
+        return
+    resets = {user or "" for user in changed}
+    logs = {user or "": entries for user, entries in ended.items()}
+    cur.execute(
+        # A new row's log entries carry version 1; an existing row's are renumbered to its next version.
+        "INSERT INTO partition_versions AS p (tenant_id, user_id, version, reset, ended) "
+        "SELECT %s, u, 1, r::int, e FROM unnest(%s::text[], %s::bool[], %s::jsonb[]) AS t (u, r, e) ORDER BY u "
+        "ON CONFLICT (tenant_id, user_id) DO UPDATE SET version = p.version + 1, "
+        "reset = CASE WHEN excluded.reset = 1 OR jsonb_array_length(p.ended) + jsonb_array_length(excluded.ended) "
+        "> %s THEN p.version + 1 ELSE p.reset END, "
+        "ended = CASE WHEN excluded.reset = 1 OR jsonb_array_length(p.ended) + jsonb_array_length(excluded.ended) "
+        "> %s THEN '[]'::jsonb ELSE p.ended || coalesce((SELECT jsonb_agg(jsonb_build_array(p.version + 1, x->1, "
+        "x->2)) FROM jsonb_array_elements(excluded.ended) x), '[]'::jsonb) END",
+        (
+            tenant_id,
+            keys,
+            [k in resets for k in keys],
+            [json.dumps([] if k in resets else [[1, id, end] for id, end in logs.get(k, [])]) for k in keys],
+            ENDED_LOG_MAX,
+            ENDED_LOG_MAX,
+        ),
+    )
 
 
 def _check_key_size(tenant_id: str, user_id: str | None, id: str) -> None:

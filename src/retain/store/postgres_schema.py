@@ -199,9 +199,18 @@ def _m004_drop_scoped_terms(db: Any, ctx: SchemaContext) -> None:
     db.execute("DROP FUNCTION retain_scoped_terms(text, text)")
 
 
+def _m005_partition_endings(db: Any, ctx: SchemaContext) -> None:
+    # The memories a user's writes ended (superseded or invalidated) since the last `reset`, each as
+    # [version, id, valid_to]: a process whose cached copy of the user is older applies these instead of
+    # reading which of the user's memories remain (postgres.py `_cached`). Writers keep it short: past
+    # `ENDED_LOG_MAX` entries they mark a reset instead, which empties it.
+    db.execute("ALTER TABLE partition_versions ADD COLUMN ended jsonb NOT NULL DEFAULT '[]'")
+
+
 MIGRATIONS: list[Callable[[Any, SchemaContext], None]] = [
     _m001_core,
     _m002_knn_index,
     _m003_partition_versions,
     _m004_drop_scoped_terms,
+    _m005_partition_endings,
 ]

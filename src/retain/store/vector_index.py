@@ -17,14 +17,18 @@ current memories only, with their ids and expiry, so a warm search needs no
 query besides the version's; `as_of` searches run in SQL (postgres.py).
 
 A partition cached at an earlier version is brought up to date rather than read
-again when the user only gained memories since: writers that end, supersede,
-delete, purge or import memories also set the row's `reset` to the new version,
+again when the user only gained memories since: writers that delete, purge,
+import or rewrite memories also set the row's `reset` to the new version,
 so while `reset` stays what the cached copy saw, the rows numbered above its
 `max_seq` are all that changed, and are read and appended (`Partition.extended`;
 the chat loop "search, add, search" then reads one row, not the user's
-partition). In SQLite triggers set `reset` (sqlite_schema `_m006`) and any
-other change reads the partition again; PostgreSQL reads which memories remain
-and drops the rest (`Partition.restricted`).
+partition). Memories that were only ended (superseded, invalidated) do not move
+`reset`: SQLite's triggers mark them in `ended` (sqlite_schema `_m007`) and a
+cached copy re-reads its rows' validity from an index (`Partition.revalidated`,
+`Partition.masked`); PostgreSQL's writers log them with the version
+(postgres_schema `_m005`) and a cached copy applies the log
+(`Partition.with_ended`). After any other change SQLite reads the partition
+again and PostgreSQL reads which memories remain (`Partition.restricted`).
 
 The cache's lock guards only the dictionary: partitions are read from the
 database outside it and swapped in under it, so no thread (or greenlet) ever
@@ -119,6 +123,21 @@ class Partition:
         keep = np.fromiter((id in valid_to for id in self.ids.tolist()), dtype=np.bool_, count=len(self.ids))
         ends = (OPEN_END if valid_to[id] is None else valid_to[id] for id in self.ids[keep].tolist())
         return self.masked(keep, np.fromiter(ends, dtype=np.int64, count=int(keep.sum())))
+
+    def with_ended(self, ends: dict[str, int], keep: bool) -> Partition:
+        """These rows once the memories in `ends` (id -> valid_to) were ended: kept with that validity end
+        (`keep`: a partition of every version) or dropped (a partition of current memories)."""
+        assert self.ids is not None and self.rows_by_id is not None
+        rows = np.array([self.rows_by_id[id] for id in ends if id in self.rows_by_id], dtype=np.int64)
+        if not len(rows):
+            return self
+        if keep:
+            valid_to = self.valid_to.copy()
+            valid_to[rows] = [ends[id] for id in self.ids[rows].tolist()]
+            return replace(self, valid_to=valid_to)
+        left = np.ones(len(self.rowids), dtype=np.bool_)
+        left[rows] = False
+        return self.masked(left, self.valid_to[left])
 
     def masked(self, keep: npt.NDArray[np.bool_], valid_to: npt.NDArray[np.int64]) -> Partition:
         """The rows in `keep`, with the validity ends `valid_to` (one per kept row); the rest dropped."""
