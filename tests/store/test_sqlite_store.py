@@ -224,6 +224,7 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
         "DROP TABLE keyword_stats; DROP TABLE memory_fts_vocab; ALTER TABLE memories DROP COLUMN index_text; "
         "ALTER TABLE partition_versions DROP COLUMN reset; ALTER TABLE partition_versions DROP COLUMN ended; "
         "DROP INDEX memory_vectors_validity; CREATE INDEX memory_vectors_partition ON memory_vectors (partition); "
+        "DROP TABLE retired_rowids; "
         "DELETE FROM schema_migrations WHERE version >= 5"
     )
     db.close()
@@ -235,7 +236,7 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_m006_m007_add_partition_resets_and_endings_set_by_triggers(tmp_path: Path) -> None:
+def test_m006_to_m008_add_partition_resets_and_endings_set_by_triggers(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     m = Memory(str(path), HashEmbedder(16), settings=Settings(track_access=False, index_context_turns=0))
     (first, second) = m.add(["alpha beta", "gamma"], user_id="a", infer=False).results
@@ -246,6 +247,7 @@ def test_m006_m007_add_partition_resets_and_endings_set_by_triggers(tmp_path: Pa
     db.execute(
         "ALTER TABLE partition_versions DROP COLUMN reset; ALTER TABLE partition_versions DROP COLUMN ended; "
         "DROP INDEX memory_vectors_validity; CREATE INDEX memory_vectors_partition ON memory_vectors (partition); "
+        "DROP TABLE retired_rowids; "
         "DELETE FROM schema_migrations WHERE version >= 6"
     )
     db.close()
@@ -277,18 +279,30 @@ def test_m006_m007_add_partition_resets_and_endings_set_by_triggers(tmp_path: Pa
     assert reset == version > ended
     store._db().execute("UPDATE memory_vectors SET valid_to = 7 WHERE valid_to = ?", (OPEN_END,))
     assert versions()[2] == versions()[0] > reset  # a vector's validity alone: ended
-    store._db().execute("DELETE FROM memories WHERE id = ?", (second.id,))
+    store._db().execute("DELETE FROM memories WHERE id = ?", (second.id,))  # any code, e.g. an older Retain's
+    version, reset_now, ended = versions()
+    assert reset_now == reset < ended == version  # a purge marks it ended: rowids are never given twice
+    (third,) = reopened.add("epsilon", user_id="a", infer=False).results
+    rowids = dict(store._db().execute("SELECT id, rowid FROM memories").fetchall())
+    assert rowids[third.id] > max(rowids[id] for id in rowids if id != third.id)
+    high = store._db().execute("SELECT high FROM retired_rowids").fetchone()[0]
+    assert rowids[third.id] > high > 0
+    store._db().execute(  # SQLite's own choice after a purge of the highest row, as an older Retain makes it
+        "INSERT INTO memories (rowid, id, tenant_id, user_id, lineage_id, text, hash, created_at, updated_at, "
+        "valid_from) VALUES (?, 'old', 'default', 'a', 'old', 'reused', 'h', 1, 1, 1)",
+        (high,),
+    )
     version, reset, _ = versions()
-    assert reset == version > 0
+    assert reset == version  # a rowid given twice marks it reset
     reopened.close()
 
 
 def test_a_cached_user_after_endings_rereads_only_validity_and_answers_as_a_fresh_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After another process ends memories (an update, an invalidation as the pipeline's DELETE does) and adds
-    some, a process that cached the user reads their validity and the new rows only, not the user again, and
-    searches exactly as one that reads it cold."""
+    """After another process ends memories (an update, an invalidation as the pipeline's DELETE does), purges
+    one and adds some, a process that cached the user reads their validity and the new rows only, not the user
+    again, and searches exactly as one that reads it cold."""
     from retain.store import keyword_index, vector_index
 
     path = str(tmp_path / "m.db")
@@ -320,6 +334,7 @@ def test_a_cached_user_after_endings_rereads_only_validity_and_answers_as_a_fres
     for round in range(2):
         writer.update(ids[3 + round], text=f"turn revised {round} about tea in lisbon")
         writer.store.write("default", WriteBatch(at=now_micros(), invalidate=[Invalidate(ids[10 + round], 1)]))
+        writer.delete(ids[20 + round])  # a purge: its rows go
         writer.add([f"new turn {round} about dog and piano", "more tea"], user_id="u", infer=False)
         tokenised.clear()
         warm = [reader.search(q, user_id="u", limit=20, explain=True).results for q in queries]
@@ -327,7 +342,7 @@ def test_a_cached_user_after_endings_rereads_only_validity_and_answers_as_a_fres
         cold = Memory(path, HashEmbedder(16), settings=settings)
         assert warm == [cold.search(q, user_id="u", limit=20, explain=True).results for q in queries]
         cold.close()
-    assert ids[10] not in {h.id for hits in warm for h in hits}
+    assert not {ids[10], ids[20], ids[21]} & {h.id for hits in warm for h in hits}
     reader.close()
     writer.close()
 

@@ -54,7 +54,7 @@ from . import _rows, keyword_index
 from ._rows import EVENT_FIELDS, MEMORY_FIELDS, MESSAGE_FIELDS
 from .base import ApiKey, Candidate, Job, NewMemory, Origin, Store, Vector, WriteBatch, WriteOutcome
 from .keyword_index import UserPostings
-from .sqlite_schema import MIGRATIONS, OPEN_END, SchemaContext
+from .sqlite_schema import MIGRATIONS, NEXT_MEMORY_ROWID, OPEN_END, SchemaContext
 from .vector_index import (
     DEFAULT_CACHE_BYTES,
     NO_EXPIRY,
@@ -89,7 +89,10 @@ def _insert(table: str, fields: Sequence[str], verb: str = "INSERT") -> str:
     return f"{verb} INTO {table} (tenant_id, {_rows.columns(fields)}) VALUES ({', '.join('?' * (len(fields) + 1))})"
 
 
-_IMPORT_MEMORY = _insert("memories", MEMORY_FIELDS)
+_IMPORT_MEMORY = (
+    f"INSERT INTO memories (rowid, tenant_id, {_rows.columns(MEMORY_FIELDS)}) "
+    f"VALUES ({NEXT_MEMORY_ROWID}, {', '.join('?' * (len(MEMORY_FIELDS) + 1))})"
+)
 _IMPORT_EVENT = _insert("memory_events", EVENT_FIELDS)
 _IMPORT_MESSAGE = _insert("messages", MESSAGE_FIELDS, "INSERT OR IGNORE")
 
@@ -354,9 +357,9 @@ class SQLiteStore(Store):
             raise StoreError(f"Vector of shape {np.shape(mem.embedding)} for a store of {self.dimensions} dimensions.")
         s = mem.scope
         db.execute(
-            "INSERT INTO memories (id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, "
+            "INSERT INTO memories (rowid, id, tenant_id, user_id, agent_id, run_id, lineage_id, text, category, "
             "metadata, hash, created_at, updated_at, valid_from, source_message_ids, expires_at, index_text) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"VALUES ({NEXT_MEMORY_ROWID},?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 mem.id,
                 tenant_id,
@@ -582,8 +585,9 @@ class SQLiteStore(Store):
 
         Validated by the partition's version row like its vectors, and brought up to date the same way
         (`load_partition`): when the user only gained memories since the cached copy, just those are read,
-        tokenised and appended. The memories are tokenised as `_index` tokenised them, so the scores are
-        the FTS5 path's (keyword_index.py).
+        tokenised and appended; when memories were also ended or purged, the copy keeps those still
+        current (their rowids read from an index). The memories are tokenised as `_index` tokenised them,
+        so the scores are the FTS5 path's (keyword_index.py).
         """
         name = partition_of(tenant_id, user_id)
         key = POSTINGS_KEY + name

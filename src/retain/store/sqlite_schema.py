@@ -288,6 +288,41 @@ def _m007_partition_endings(db: apsw.Connection, ctx: SchemaContext) -> None:
     )
 
 
+#: The rowid a new memory takes: above every memory's, and above every purged memory's, so a rowid is
+#: never given twice (SQLite's own choice reuses the highest one once its row is gone).
+NEXT_MEMORY_ROWID = (
+    "(SELECT max(coalesce((SELECT max(rowid) FROM memories), 0), "
+    "(SELECT high FROM retired_rowids WHERE tab = 'memories')) + 1)"
+)
+
+
+def _m008_rowids_never_reused(db: apsw.Connection, ctx: SchemaContext) -> None:
+    # Memories take rowids above every purged one (`NEXT_MEMORY_ROWID`), so a cached copy of a partition
+    # can trust its rowids across a purge: a purge only marks `ended` now, and a cached copy drops the rows
+    # that are gone when it re-reads its rows' validity. A row inserted at or below a purged rowid (by an
+    # older Retain that lets SQLite choose) still marks its partition reset.
+    memory_partition = "{row}.tenant_id || char(31) || coalesce({row}.user_id, '')"
+    db.execute(
+        f"""
+        CREATE TABLE retired_rowids (tab TEXT PRIMARY KEY, high INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO retired_rowids VALUES ('memories', 0);
+        DROP TRIGGER memories_reset_on_delete;
+        CREATE TRIGGER memories_ended_on_delete AFTER DELETE ON memories BEGIN
+            UPDATE retired_rowids SET high = max(high, old.rowid) WHERE tab = 'memories';
+            {_END_IN_PARTITION.format(partition=memory_partition.format(row="old"))}
+        END;
+        DROP TRIGGER memory_vectors_reset_on_delete;
+        CREATE TRIGGER memory_vectors_ended_on_delete AFTER DELETE ON memory_vectors BEGIN
+            {_END_IN_PARTITION.format(partition="old.partition")}
+        END;
+        CREATE TRIGGER memories_reset_on_reuse AFTER INSERT ON memories
+        WHEN new.rowid <= (SELECT high FROM retired_rowids WHERE tab = 'memories') BEGIN
+            {_RESET_PARTITION.format(partition=memory_partition.format(row="new"))}
+        END;
+        """
+    )
+
+
 #: Version -> migration, applied in order; numbers are never reused.
 MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     1: _m001_core,
@@ -297,4 +332,5 @@ MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     5: _m005_index_text_and_keyword_stats,
     6: _m006_partition_resets,
     7: _m007_partition_endings,
+    8: _m008_rowids_never_reused,
 }

@@ -23,12 +23,13 @@ so while `reset` stays what the cached copy saw, the rows numbered above its
 `max_seq` are all that changed, and are read and appended (`Partition.extended`;
 the chat loop "search, add, search" then reads one row, not the user's
 partition). Memories that were only ended (superseded, invalidated) do not move
-`reset`: SQLite's triggers mark them in `ended` (sqlite_schema `_m007`) and a
-cached copy re-reads its rows' validity from an index (`Partition.revalidated`,
-`Partition.masked`); PostgreSQL's writers log them with the version
-(postgres_schema `_m005`) and a cached copy applies the log
-(`Partition.with_ended`). After any other change SQLite reads the partition
-again and PostgreSQL reads which memories remain (`Partition.restricted`).
+`reset`: SQLite's triggers mark them in `ended` (sqlite_schema `_m007`; purges
+too since `_m008`, as rowids are never given twice) and a cached copy re-reads
+its rows' validity from an index (`Partition.revalidated`, `Partition.masked`);
+PostgreSQL's writers log them with the version (postgres_schema `_m005`) and a
+cached copy applies the log (`Partition.with_ended`). After any other change
+SQLite reads the partition again and PostgreSQL reads which memories remain
+(`Partition.restricted`).
 
 The cache's lock guards only the dictionary: partitions are read from the
 database outside it and swapped in under it, so no thread (or greenlet) ever
@@ -110,12 +111,15 @@ class Partition:
         )
 
     def revalidated(self, ends: Sequence[tuple[int, int]]) -> Partition | None:
-        """These rows with the (rowid, valid_to) of `ends`, the same rows read again in rowid order; None if
-        they are not the same rows (then read the partition whole)."""
+        """These rows with the (rowid, valid_to) of `ends`, the rows read again in rowid order, and without
+        the rows `ends` no longer has (purged); None if `ends` has a row these do not (then read the partition
+        whole)."""
         rowids = np.fromiter((r[0] for r in ends), dtype=np.int64, count=len(ends))
-        if not np.array_equal(rowids, self.rowids):
-            return None
-        return replace(self, valid_to=np.fromiter((r[1] for r in ends), dtype=np.int64, count=len(ends)))
+        valid_to = np.fromiter((r[1] for r in ends), dtype=np.int64, count=len(ends))
+        if np.array_equal(rowids, self.rowids):
+            return replace(self, valid_to=valid_to)
+        keep = np.isin(self.rowids, rowids)
+        return self.masked(keep, valid_to) if int(keep.sum()) == len(rowids) else None
 
     def restricted(self, valid_to: dict[str, int | None]) -> Partition:
         """The rows whose id is in `valid_to`, with that validity end (None: current); the rest dropped."""
@@ -141,19 +145,18 @@ class Partition:
 
     def masked(self, keep: npt.NDArray[np.bool_], valid_to: npt.NDArray[np.int64]) -> Partition:
         """The rows in `keep`, with the validity ends `valid_to` (one per kept row); the rest dropped."""
-        assert self.ids is not None and self.expires_at is not None
-        ids = self.ids[keep]
+        ids = None if self.ids is None else self.ids[keep]
         return replace(
             self,
-            rowids=np.arange(len(ids), dtype=np.int64) if self.positional else self.rowids[keep],
+            rowids=np.arange(int(keep.sum()), dtype=np.int64) if self.positional else self.rowids[keep],
             matrix=self.matrix[keep],
             agent=self.agent[keep],
             run=self.run[keep],
             valid_from=self.valid_from[keep],
             valid_to=valid_to,
             ids=ids,
-            expires_at=self.expires_at[keep],
-            rows_by_id=None if self.rows_by_id is None else {id: row for row, id in enumerate(ids.tolist())},
+            expires_at=None if self.expires_at is None else self.expires_at[keep],
+            rows_by_id=None if ids is None or self.rows_by_id is None else {id: r for r, id in enumerate(ids.tolist())},
         )
 
     def mask(
@@ -285,8 +288,8 @@ def bump_versions(db: Any, names: Iterable[str], *, reset: bool = False) -> None
     """Mark partitions changed; call inside the write transaction that changed them.
 
     `reset`: the change did more than add rows, so a cached copy must not just be appended to. SQLite's
-    triggers (sqlite_schema `_m006`) already mark every row updated or deleted; writers pass it for
-    changes the triggers cannot tell from additions (imports).
+    triggers (sqlite_schema `_m006`-`_m008`) already mark every row rewritten, ended or deleted; writers
+    pass it for changes the triggers cannot tell from additions (imports).
     """
     db.executemany(
         "INSERT INTO partition_versions (partition, version, reset) VALUES (?, 1, ?) "
@@ -301,9 +304,9 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
 
     When the cached copy is of an earlier version and the partition has only gained rows since (its
     `reset` has not moved), just the rows numbered above the copy's `max_seq` are read and appended:
-    SQLite numbers a new row above every row there is, and no row of the partition was deleted since
-    (that would have moved `reset`), so the partition's new rows are exactly those. If rows were also
-    ended since (`ended` moved), the validity of the copy's rows is read again too. Otherwise it is read
+    memories take rowids above every row there is or was (sqlite_schema `NEXT_MEMORY_ROWID`), so the
+    partition's new rows are exactly those. If rows were also ended or purged since (`ended` moved), the
+    validity of the copy's rows is read again too, and the purged ones dropped. Otherwise it is read
     whole. Inside a write transaction the result is not cached: it may hold rows that roll back.
     """
     cacheable = not db.in_transaction
