@@ -435,9 +435,9 @@ def test_a_search_snapshot_reads_the_version_once_and_holds_it_for_its_own_threa
 def test_a_cached_user_after_endings_applies_the_log_and_answers_as_a_fresh_read(
     postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After another process ends memories (an update, an invalidation) and adds some, a process that cached
-    the user applies the log of ended memories read with the new rows, instead of reading which memories
-    remain (`_refresh`), and searches exactly as one that reads the user cold. A log that grows past its
+    """After another process ends memories (an update, an invalidation), purges one and adds some, a process
+    that cached the user applies the log of ended memories read with the new rows, instead of reading which
+    memories remain (`_refresh`), and searches exactly as one that reads the user cold. A log that grows past its
     bound marks a reset instead."""
     from retain.store import postgres
     from retain.store.base import Invalidate, WriteBatch
@@ -467,15 +467,16 @@ def test_a_cached_user_after_endings_applies_the_log_and_answers_as_a_fresh_read
     for round in range(2):
         writer.update(ids[3 + round], text=f"turn revised {round} about tea in lisbon")
         writer.store.write("default", WriteBatch(at=now_micros(), invalidate=[Invalidate(ids[10 + round], 1)]))
+        writer.delete(ids[30 + round])  # a purge: logged as removed
         writer.add([f"new turn {round} about dog and piano", "more tea"], user_id="u", infer=False)
         warm = [reader.search(q, user_id="u", limit=20, explain=True).results for q in queries]
         cold = memory()
         assert warm == [cold.search(q, user_id="u", limit=20, explain=True).results for q in queries]
         cold.close()
         assert refreshed == []  # the log, not the remaining ids
-        assert ids[10 + round] not in {h.id for hits in warm for h in hits}
+        assert not {ids[10 + round], ids[30 + round]} & {h.id for hits in warm for h in hits}
 
-    monkeypatch.setattr(postgres, "ENDED_LOG_MAX", 5)  # the log holds 4 entries: one more ending passes 5
+    monkeypatch.setattr(postgres, "ENDED_LOG_MAX", 7)  # the log holds 6 entries: one more ending passes 7
     with psycopg.connect(postgres_dsn) as conn:
         before = conn.execute("SELECT version, reset FROM partition_versions").fetchone()
     writer.update(ids[20], text="turn 20 revised")

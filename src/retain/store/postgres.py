@@ -639,14 +639,16 @@ class PostgresStore(Store):
             raise StoreError(f"Memory {id!r} is not current any more (changed concurrently); retry the operation.")
 
     @staticmethod
-    def _ends_by_user(cur: Cursor, tenant_id: str, ends: dict[str, int]) -> dict[str | None, list[tuple[str, int]]]:
+    def _ends_by_user(
+        cur: Cursor, tenant_id: str, ends: dict[str, int]
+    ) -> dict[str | None, list[tuple[str, int | None]]]:
         """The (id, valid_to) of `ends` by the user whose memory each is."""
         if not ends:
             return {}
         cur.execute(
             "SELECT id, user_id FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])", (tenant_id, list(ends))
         )
-        out: dict[str | None, list[tuple[str, int]]] = {}
+        out: dict[str | None, list[tuple[str, int | None]]] = {}
         for id, user in cur.fetchall():
             out.setdefault(user, []).append((str(id), ends[str(id)]))
         return out
@@ -876,7 +878,7 @@ class PostgresStore(Store):
             if base.reset != int(rows[0][1]):  # something was removed since the first read
                 rows, base = self._refresh(kind, key, base, sql)
             else:
-                ends = {str(id): int(end) for at, id, end in rows[0][3] or [] if int(at) > base.version}
+                ends = {str(id): end for at, id, end in rows[0][3] or [] if int(at) > base.version}
                 base = base.with_ended(ends, keep=kind == "postings")
         elif base is not None:  # removals too: which rows are left, and the new ones, in one snapshot
             rows, base = self._refresh(kind, key, base, sql)
@@ -1084,12 +1086,15 @@ class PostgresStore(Store):
     def purge_lineage(self, tenant_id: str, lineage_id: str) -> PurgeCounts:
         with self._tx() as conn, conn.cursor() as cur:
             where, params = "tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id)
-            cur.execute(f"SELECT DISTINCT user_id FROM memories WHERE {where}", params)
-            users = {r[0] for r in cur.fetchall()}
-            _bump_versions(cur, tenant_id, set(), users)
-            cur.execute(f"DELETE FROM memories WHERE {where} RETURNING user_id", params)
+            # The removed memories go to their users' logs of ended ones (valid_to None: gone), so cached
+            # copies drop them rather than read which memories remain (a `seq` is never given twice).
+            cur.execute(f"SELECT id, user_id FROM memories WHERE {where}", params)
+            logged = {str(id): user for id, user in cur.fetchall()}
+            _bump_versions(cur, tenant_id, set(), set(), _removed_by_user(logged))
+            cur.execute(f"DELETE FROM memories WHERE {where} RETURNING id, user_id", params)
             memories = cur.rowcount
-            _bump_versions(cur, tenant_id, set(), {r[0] for r in cur.fetchall()} - users)  # added meanwhile
+            meanwhile = {str(id): user for id, user in cur.fetchall() if str(id) not in logged}  # added meanwhile
+            _bump_versions(cur, tenant_id, set(), set(), _removed_by_user(meanwhile))
             cur.execute("DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id))
             return PurgeCounts(memories=memories, vectors=memories, keyword_rows=memories, events=cur.rowcount)
 
@@ -1331,15 +1336,15 @@ def _bump_versions(
     tenant_id: str,
     added: set[str | None],
     changed: set[str | None],
-    ended: dict[str | None, list[tuple[str, int]]] | None = None,
+    ended: dict[str | None, list[tuple[str, int | None]]] | None = None,
 ) -> None:
     """Mark users' memories changed (see vector_index.py), first thing in the transaction that changes them.
 
     `added`: users who only gain memories in it; `changed`: users whose memories it removes or rewrites
-    (a reset); `ended`: the (id, valid_to) of the memories it ends, by user, appended to the user's log
-    (a reset instead past `ENDED_LOG_MAX` entries). Every writer takes these row locks first, in one
-    statement and in sorted order, before any lock on a memory, so writers of the same user queue here
-    and never deadlock with each other.
+    wholesale (a reset); `ended`: the (id, valid_to) of the memories it ends (valid_to None: removes), by
+    user, appended to the user's log (a reset instead past `ENDED_LOG_MAX` entries). Every writer takes
+    these row locks first, in one statement and in sorted order, before any lock on a memory, so writers
+    of the same user queue here and never deadlock with each other.
     """
     ended = ended or {}
     keys = sorted({user or "" for user in [*added, *changed, *ended]})
@@ -1366,6 +1371,14 @@ def _bump_versions(
             ENDED_LOG_MAX,
         ),
     )
+
+
+def _removed_by_user(users: dict[str, str | None]) -> dict[str | None, list[tuple[str, int | None]]]:
+    """Log entries (id, None: removed) for `_bump_versions`, by user, from id -> user."""
+    out: dict[str | None, list[tuple[str, int | None]]] = {}
+    for id, user in users.items():
+        out.setdefault(user, []).append((id, None))
+    return out
 
 
 def _check_key_size(tenant_id: str, user_id: str | None, id: str) -> None:

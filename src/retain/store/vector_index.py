@@ -128,20 +128,23 @@ class Partition:
         ends = (OPEN_END if valid_to[id] is None else valid_to[id] for id in self.ids[keep].tolist())
         return self.masked(keep, np.fromiter(ends, dtype=np.int64, count=int(keep.sum())))
 
-    def with_ended(self, ends: dict[str, int], keep: bool) -> Partition:
-        """These rows once the memories in `ends` (id -> valid_to) were ended: kept with that validity end
-        (`keep`: a partition of every version) or dropped (a partition of current memories)."""
+    def with_ended(self, ends: dict[str, int | None], keep: bool) -> Partition:
+        """These rows once the memories in `ends` (id -> valid_to; None: removed) were ended: kept with that
+        validity end (`keep`: a partition of every version) or dropped (a partition of current memories, and
+        removed ones always)."""
         assert self.ids is not None and self.rows_by_id is not None
-        rows = np.array([self.rows_by_id[id] for id in ends if id in self.rows_by_id], dtype=np.int64)
-        if not len(rows):
+        held = [id for id in ends if id in self.rows_by_id]
+        if not held:
             return self
-        if keep:
-            valid_to = self.valid_to.copy()
-            valid_to[rows] = [ends[id] for id in self.ids[rows].tolist()]
-            return replace(self, valid_to=valid_to)
+        valid_to = self.valid_to.copy()
         left = np.ones(len(self.rowids), dtype=np.bool_)
-        left[rows] = False
-        return self.masked(left, self.valid_to[left])
+        for id in held:
+            end, row = ends[id], self.rows_by_id[id]
+            if keep and end is not None:
+                valid_to[row] = end
+            else:
+                left[row] = False
+        return replace(self, valid_to=valid_to) if left.all() else self.masked(left, valid_to[left])
 
     def masked(self, keep: npt.NDArray[np.bool_], valid_to: npt.NDArray[np.int64]) -> Partition:
         """The rows in `keep`, with the validity ends `valid_to` (one per kept row); the rest dropped."""
