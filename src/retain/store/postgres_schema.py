@@ -200,10 +200,10 @@ def _m004_drop_scoped_terms(db: Any, ctx: SchemaContext) -> None:
 
 
 def _m005_partition_endings(db: Any, ctx: SchemaContext) -> None:
-    # The memories a user's writes ended (superseded or invalidated) since the last `reset`, each as
-    # [version, id, valid_to]: a process whose cached copy of the user is older applies these instead of
-    # reading which of the user's memories remain (postgres.py `_cached`). Writers keep it short: past
-    # `ENDED_LOG_MAX` entries they mark a reset instead, which empties it.
+    # The memories a user's writes ended (superseded or invalidated) or purged since the last `reset`, each
+    # as [version, id, valid_to] (valid_to null: purged): a process whose cached copy of the user is older
+    # applies these instead of reading which of the user's memories remain (postgres.py `_cached`).
+    # Writers keep it short: past `ENDED_LOG_MAX` entries they mark a reset instead, which empties it.
     db.execute("ALTER TABLE partition_versions ADD COLUMN ended jsonb NOT NULL DEFAULT '[]'")
 
 
