@@ -605,7 +605,7 @@ class SQLiteStore(Store):
             base = self._vectors.peek(key)
             if not isinstance(base, UserPostings) or base.version > version or base.reset != reset:
                 base = None
-            if base is not None and base.ended != ended:  # memories were ended: keep those still current
+            if base is not None and base.ended != ended:  # memories ended or purged: keep those still current
                 current = np.fromiter(
                     (
                         r[0]
