@@ -247,8 +247,14 @@ def ndcg_at(ranked: Sequence[set[str]], gold: set[str], k: int) -> float:
 
 #: Settings that only change how a search ranks, so variants can share one ingested store.
 SEARCH_SETTINGS = (
-    "keyword_weight", "speaker_boost", "time_boost", "neighbour_weight", "neighbour_weight_2", "mmr_lambda",
-    "conversation_gap_seconds", "role_prior",
+    "keyword_weight",
+    "speaker_boost",
+    "time_boost",
+    "neighbour_weight",
+    "neighbour_weight_2",
+    "mmr_lambda",
+    "conversation_gap_seconds",
+    "role_prior",
 )
 
 

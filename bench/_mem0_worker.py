@@ -99,18 +99,22 @@ def main() -> int:
         entities_on = get_nlp_full() is not None
     except Exception:  # mem0 internals move between releases; report unknown rather than fail
         entities_on = None
-    json.dump({
-        "mem0_version": getattr(mem0, "__version__", "unknown"),
-        "model_path": model_path,
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "setup_s": setup_s,
-        # The collection has a bm25 slot, but the encoder (fastembed) may be missing: then BM25 is off.
-        "bm25_enabled": bool(getattr(store, "_has_bm25_slot", False)) and bool(getattr(store, "_bm25_encoder", None)),
-        "entities_enabled": entities_on,
-        "ingest": ingest,
-        "answers": answers,
-    }, sys.stdout)
+    json.dump(
+        {
+            "mem0_version": getattr(mem0, "__version__", "unknown"),
+            "model_path": model_path,
+            "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "setup_s": setup_s,
+            # The collection has a bm25 slot, but the encoder (fastembed) may be missing: then BM25 is off.
+            "bm25_enabled": bool(getattr(store, "_has_bm25_slot", False))
+            and bool(getattr(store, "_bm25_encoder", None)),
+            "entities_enabled": entities_on,
+            "ingest": ingest,
+            "answers": answers,
+        },
+        sys.stdout,
+    )
     return 0
 
 

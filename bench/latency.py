@@ -53,7 +53,7 @@ import numpy.typing as npt
 
 from retain.embedders.minilm import MiniLMEmbedder
 from retain.indexing import keyword_query
-from retain.memory import NEIGHBOUR_WINDOW, PRIOR_POOL, Memory, new_id, text_hash
+from retain.memory import PRIOR_POOL, Memory, new_id, text_hash
 from retain.models import Scope
 from retain.ranking import fuse
 from retain.settings import Settings
@@ -444,7 +444,8 @@ def measure_breakdown(
             stages["vector_search"].append(watch.lap())
             fused = fuse(dense, sparse)
             watch.lap()
-            store.adjacent(TENANT, [f.id for f in fused[:20]], NEIGHBOUR_WINDOW, 1800 * 1_000_000, now)
+            window = len(Settings().neighbour_weights)  # as `Memory.search` with the default settings
+            store.adjacent(TENANT, [f.id for f in fused[:20]], window, 1800 * 1_000_000, now)
             stages["adjacent"].append(watch.lap())
             store.origins(TENANT, [f.id for f in fused[:PRIOR_POOL]])
             stages["origins"].append(watch.lap())

@@ -112,7 +112,8 @@ def load_conversations(path: Path) -> list[Conversation]:
     for raw in load_json(path):
         conv = raw["conversation"]
         numbers = sorted(
-            int(m.group(1)) for key, value in conv.items()
+            int(m.group(1))
+            for key, value in conv.items()
             if (m := re.fullmatch(r"session_(\d+)", key)) and isinstance(value, list)
         )
         sessions = []
@@ -208,7 +209,10 @@ def evaluate_conversation(
             ranked = [user.dia_ids(h.id, h.metadata, h.source) for h in result.results]
             texts = [h.memory for h in result.results]
             row: dict[str, Any] = {
-                "category": category, "question": question, "n_evidence": len(gold), "latency_ms": latency,
+                "category": category,
+                "question": question,
+                "n_evidence": len(gold),
+                "latency_ms": latency,
                 "ranked": [sorted(r) for r in ranked[:10]],
             }
             for k in ks:
@@ -221,6 +225,7 @@ def evaluate_conversation(
 
 def summarise(rows: list[dict[str, Any]], ks: list[int]) -> dict[str, Any]:
     scored = [r for r in rows if r["category"] in (1, 2, 3, 4) and r["n_evidence"] > 0]
+
     def block(items: list[dict[str, Any]]) -> dict[str, Any]:
         b: dict[str, Any] = {"n": len(items)}
         for k in ks:
@@ -247,14 +252,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", default="1,5,10,25", help="comma-separated cut-offs (default: %(default)s)")
     parser.add_argument("--limit-conversations", type=int, default=None, metavar="N")
     parser.add_argument("--embedder", default="local:minilm")
-    parser.add_argument("--embed-cache", default=None, metavar="PATH",
-                        help="sqlite cache of embeddings (ingest timings then are not real; the output says so)")
-    parser.add_argument("--variant", action="append", default=[], metavar="SPEC",
-                        help="also score Memory.search with search settings changed, e.g. "
-                        "'mmr:mmr_lambda=0.8' (repeatable)")
+    parser.add_argument(
+        "--embed-cache",
+        default=None,
+        metavar="PATH",
+        help="sqlite cache of embeddings (ingest timings then are not real; the output says so)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also score Memory.search with search settings changed, e.g. 'mmr:mmr_lambda=0.8' (repeatable)",
+    )
     parser.add_argument("--facts-batch", type=int, default=8, help="turns per add(infer=True) call in facts mode")
-    parser.add_argument("--shared-store", action="store_true",
-                        help="put all conversations (users) in ONE store instead of one store per conversation")
+    parser.add_argument(
+        "--shared-store",
+        action="store_true",
+        help="put all conversations (users) in ONE store instead of one store per conversation",
+    )
     parser.add_argument("--keep-db", type=Path, default=None, metavar="DIR", help="keep the stores in DIR")
     parser.add_argument("--json-out", default=None, metavar="PATH", help="write the full results JSON here")
     args = parser.parse_args(argv)
@@ -263,19 +279,24 @@ def main(argv: list[str] | None = None) -> int:
     if 10 not in ks:
         ks = sorted({*ks, 10})
     if args.mode == "facts" and Settings.from_env().llm is None:
-        parser.exit(2, (
-            "locomo.py --mode facts needs an LLM to extract facts, and none is configured.\n"
-            "Set RETAIN_LLM, e.g. RETAIN_LLM=openai:gpt-4o-mini (with OPENAI_API_KEY) or "
-            "RETAIN_LLM=local:qwen2.5-1.5b, or run --mode raw.\n"
-        ))
+        parser.exit(
+            2,
+            (
+                "locomo.py --mode facts needs an LLM to extract facts, and none is configured.\n"
+                "Set RETAIN_LLM, e.g. RETAIN_LLM=openai:gpt-4o-mini (with OPENAI_API_KEY) or "
+                "RETAIN_LLM=local:qwen2.5-1.5b, or run --mode raw.\n"
+            ),
+        )
     variants: list[Variant | None] = [None, *(Variant.parse(s) for s in args.variant)]
     names = ["retain", *(v.name for v in variants if v is not None)]
     conversations = load_conversations(args.data)[: args.limit_conversations]
     embedder = make_embedder(args.embedder, args.embed_cache)
     tokens = TokenCounter()
     settings = Settings.from_env()
-    log(f"{len(conversations)} conversations, mode={args.mode}, index_context_turns="
-        f"{settings.index_context_turns}, variants={names}")
+    log(
+        f"{len(conversations)} conversations, mode={args.mode}, index_context_turns="
+        f"{settings.index_context_turns}, variants={names}"
+    )
 
     per_variant: list[list[dict[str, Any]]] = [[] for _ in variants]
     ingest_s = 0.0
@@ -301,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                     parser.exit(2, f"locomo.py --mode {args.mode}: {exc}\n")
                 ingest_s += user.ingest_s
                 n_turns += user.n_turns
-                log(f"[{ci + 1}/{len(conversations)}] {conv.sample_id}: {user.n_turns} turns in "
-                    f"{user.ingest_s:.1f}s; searching {len(conv.qa)} questions")
+                log(
+                    f"[{ci + 1}/{len(conversations)}] {conv.sample_id}: {user.n_turns} turns in "
+                    f"{user.ingest_s:.1f}s; searching {len(conv.qa)} questions"
+                )
                 rows = evaluate_conversation(conv, user, ks, variants, tokens)
                 for vi, vrows in enumerate(rows):
                     for r in vrows:
@@ -318,22 +341,36 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {name: summarise(rows, ks) for name, rows in zip(names, per_variant, strict=True)}
     main_summary = summaries["retain"]
     info = {
-        "benchmark": "locomo", "mode": args.mode, "text": "verbatim",
-        "index_context_turns": settings.index_context_turns, "neighbour_weight": settings.neighbour_weight,
-        "mmr_lambda": settings.mmr_lambda, "shared_store": args.shared_store,
-        "embedder": args.embedder, "data": str(args.data), "conversations": len(conversations),
-        "turns": n_turns, "questions_scored": main_summary["n"],
-        "ingest_s": ingest_s, "ingest_turns_per_s": n_turns / ingest_s if ingest_s else float("nan"),
+        "benchmark": "locomo",
+        "mode": args.mode,
+        "text": "verbatim",
+        "index_context_turns": settings.index_context_turns,
+        "neighbour_weight": settings.neighbour_weight,
+        "mmr_lambda": settings.mmr_lambda,
+        "shared_store": args.shared_store,
+        "embedder": args.embedder,
+        "data": str(args.data),
+        "conversations": len(conversations),
+        "turns": n_turns,
+        "questions_scored": main_summary["n"],
+        "ingest_s": ingest_s,
+        "ingest_turns_per_s": n_turns / ingest_s if ingest_s else float("nan"),
         "embed_cache": cache_stats(embedder),
-        "search_p50_ms": percentile(latencies, 50), "search_p95_ms": percentile(latencies, 95),
-        "search_limit": max(ks), "token_method": TokenCounter.method,
+        "search_p50_ms": percentile(latencies, 50),
+        "search_p95_ms": percentile(latencies, 95),
+        "search_limit": max(ks),
+        "token_method": TokenCounter.method,
     }
 
-    print(f"LoCoMo retrieval - mode={args.mode}, index_context_turns={settings.index_context_turns}, "
-          f"neighbour_weight={settings.neighbour_weight}, mmr_lambda={settings.mmr_lambda}, embedder={args.embedder}, "
-          f"{len(conversations)} conversations, {n_turns} turns, {main_summary['n']} questions (cat 1-4)")
-    print(f"ingest {ingest_s:.1f}s ({info['ingest_turns_per_s']:.1f} turns/s)"
-          + (f"  [embedding cache {info['embed_cache']}: timing not real]" if info["embed_cache"] else ""))
+    print(
+        f"LoCoMo retrieval - mode={args.mode}, index_context_turns={settings.index_context_turns}, "
+        f"neighbour_weight={settings.neighbour_weight}, mmr_lambda={settings.mmr_lambda}, embedder={args.embedder}, "
+        f"{len(conversations)} conversations, {n_turns} turns, {main_summary['n']} questions (cat 1-4)"
+    )
+    print(
+        f"ingest {ingest_s:.1f}s ({info['ingest_turns_per_s']:.1f} turns/s)"
+        + (f"  [embedding cache {info['embed_cache']}: timing not real]" if info["embed_cache"] else "")
+    )
     print(f"search p50 {info['search_p50_ms']:.1f} ms, p95 {info['search_p95_ms']:.1f} ms (limit {max(ks)})")
     print(f"tokens: {TokenCounter.method}")
     for name, s in summaries.items():
@@ -345,8 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             [[label, b["n"], *(b[f"recall@{k}"] for k in ks), b["ndcg@10"], b["tokens@10"]] for label, b in blocks],
         )
     if len(summaries) > 1:
-        print_table("variants (cat 1-4)", ["variant", *(f"R@{k}" for k in ks), "NDCG@10", "tok@10"],
-                    [[n, *(s[f"recall@{k}"] for k in ks), s["ndcg@10"], s["tokens@10"]] for n, s in summaries.items()])
+        print_table(
+            "variants (cat 1-4)",
+            ["variant", *(f"R@{k}" for k in ks), "NDCG@10", "tok@10"],
+            [[n, *(s[f"recall@{k}"] for k in ks), s["ndcg@10"], s["tokens@10"]] for n, s in summaries.items()],
+        )
 
     headline = {f"recall@{k}": main_summary[f"recall@{k}"] for k in ks}
     headline |= {"ndcg@10": main_summary["ndcg@10"], "tokens@10": main_summary["tokens@10"]}
@@ -355,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     headline |= {k: info[k] for k in ("index_context_turns", "neighbour_weight", "mmr_lambda", "shared_store")}
     if len(summaries) > 1:
         headline["variants"] = {
-            n: {f"recall@{k}": s[f"recall@{k}"] for k in ks} | {"ndcg@10": s["ndcg@10"]}
-            for n, s in summaries.items()
+            n: {f"recall@{k}": s[f"recall@{k}"] for k in ks} | {"ndcg@10": s["ndcg@10"]} for n, s in summaries.items()
         }
     full = {"info": info, "summaries": summaries, "questions": {n: r for n, r in zip(names, per_variant, strict=True)}}
     emit(rounded(headline), rounded(full), args.json_out)

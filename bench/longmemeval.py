@@ -123,10 +123,13 @@ def run_question(q: dict[str, Any], opts: Options) -> dict[str, Any]:
                 if not content.strip():
                     skipped += 1
                     continue
-                messages.append({
-                    "role": turn["role"], "content": content,
-                    "metadata": {"session_id": sid, "turn": ti, "has_answer": bool(turn.get("has_answer"))},
-                })
+                messages.append(
+                    {
+                        "role": turn["role"],
+                        "content": content,
+                        "metadata": {"session_id": sid, "turn": ti, "has_answer": bool(turn.get("has_answer"))},
+                    }
+                )
                 keys.append((sid, ti))
                 if turn.get("has_answer"):
                     gold_turns.add(f"{sid}#{ti}")
@@ -152,8 +155,11 @@ def run_question(q: dict[str, Any], opts: Options) -> dict[str, Any]:
             ranked_turns = [{f"{turn_of[i][0]}#{turn_of[i][1]}"} if i in turn_of else set() for i in ids]
             turn_sessions = [{turn_of[i][0]} if i in turn_of else set() for i in ids]
             ranked_sessions = session_ranking(view, question, qid, asked, turn_of, kmax)
-            row: dict[str, Any] = {"latency_ms": latency, "top": [sorted(r) for r in ranked_turns],
-                                   "sessions": [sorted(r) for r in ranked_sessions[:kmax]]}
+            row: dict[str, Any] = {
+                "latency_ms": latency,
+                "top": [sorted(r) for r in ranked_turns],
+                "sessions": [sorted(r) for r in ranked_sessions[:kmax]],
+            }
             for k in KS:
                 row[f"turn_recall@{k}"] = recall_at(ranked_turns, gold_turns, k)
                 row[f"turn_any@{k}"] = any_at(ranked_turns, gold_turns, k) if gold_turns else float("nan")
@@ -171,9 +177,16 @@ def run_question(q: dict[str, Any], opts: Options) -> dict[str, Any]:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
     return {
-        "question_id": qid, "question_type": q["question_type"], "abstention": qid.endswith("_abs"),
-        "n_turns": n_turns, "skipped_empty_turns": skipped, "ingest_s": ingest_s, "n_gold_turns": len(gold_turns),
-        "n_gold_sessions": len(gold_sessions), "rows": rows, "embed_cache": _cache_delta(before),
+        "question_id": qid,
+        "question_type": q["question_type"],
+        "abstention": qid.endswith("_abs"),
+        "n_turns": n_turns,
+        "skipped_empty_turns": skipped,
+        "ingest_s": ingest_s,
+        "n_gold_turns": len(gold_turns),
+        "n_gold_sessions": len(gold_sessions),
+        "rows": rows,
+        "embed_cache": _cache_delta(before),
     }
 
 
@@ -229,17 +242,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JSON or JSON.gz (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions")
-    parser.add_argument("--every", type=int, default=1, metavar="N",
-                        help="only every Nth question (1st, N+1th, ...): a subsample that keeps every question "
-                        "type, since the file is ordered by type")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes, one question each at a time (1 onnxruntime thread per process)")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="only every Nth question (1st, N+1th, ...): a subsample that keeps every question "
+        "type, since the file is ordered by type",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes, one question each at a time (1 onnxruntime thread per process)",
+    )
     parser.add_argument("--embedder", default="local:minilm")
-    parser.add_argument("--embed-cache", default=None, metavar="PATH",
-                        help="sqlite cache of embeddings (ingest timings then are not real; the output says so)")
-    parser.add_argument("--variant", action="append", default=[], metavar="SPEC",
-                        help="also score Memory.search with search settings changed, e.g. "
-                        "'mmr:mmr_lambda=0.8' (repeatable)")
+    parser.add_argument(
+        "--embed-cache",
+        default=None,
+        metavar="PATH",
+        help="sqlite cache of embeddings (ingest timings then are not real; the output says so)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also score Memory.search with search settings changed, e.g. 'mmr:mmr_lambda=0.8' (repeatable)",
+    )
     parser.add_argument("--json-out", default=None, metavar="PATH", help="write the full results JSON here")
     args = parser.parse_args(argv)
 
@@ -247,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     variants: tuple[Variant | None, ...] = (None, *(Variant.parse(s) for s in args.variant))
     names = ["retain", *(v.name for v in variants if v is not None)]
     settings = Settings.from_env()
-    log(f"{len(questions)} questions, {args.workers} worker(s), index_context_turns={settings.index_context_turns}, "
-        f"variants={names}")
+    log(
+        f"{len(questions)} questions, {args.workers} worker(s), index_context_turns={settings.index_context_turns}, "
+        f"variants={names}"
+    )
     wall = time.perf_counter()
     results: list[dict[str, Any]] = []
     partial = f"{args.json_out}.partial.jsonl" if args.json_out else None  # per-question lines as they finish
@@ -262,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_question(q, opts))
                 _progress(i + 1, len(questions), results[-1], wall, partial)
         else:
-            with ProcessPoolExecutor(args.workers, mp_context=get_context("fork"), initializer=_init_worker,
-                                     initargs=(opts,)) as pool:
+            with ProcessPoolExecutor(
+                args.workers, mp_context=get_context("fork"), initializer=_init_worker, initargs=(opts,)
+            ) as pool:
                 futures = [pool.submit(run_question, q, opts) for q in questions]
                 for i, fut in enumerate(as_completed(futures)):
                     results.append(fut.result())
@@ -281,46 +314,103 @@ def main(argv: list[str] | None = None) -> int:
     cold = [r for r in results if not r["embed_cache"] or r["embed_cache"]["misses"] >= 0.9 * r["n_turns"]]
     cold_s = sum(r["ingest_s"] for r in cold)
     info = {
-        "benchmark": "longmemeval_s", "text": "verbatim", "index_context_turns": settings.index_context_turns,
-        "neighbour_weight": settings.neighbour_weight, "mmr_lambda": settings.mmr_lambda,
-        "embedder": args.embedder, "data": str(args.data), "every": args.every, "questions": len(results),
-        "scored": summaries["retain"]["n"], "abstention_skipped": summaries["retain"]["abstention_skipped"],
-        "turns": n_turns, "skipped_empty_turns": sum(r["skipped_empty_turns"] for r in results),
-        "ingest_s": ingest_s, "ingest_turns_per_s": n_turns / ingest_s if ingest_s else float("nan"),
-        "wall_s": wall_s, "workers": args.workers, "embed_cache": cache,
+        "benchmark": "longmemeval_s",
+        "text": "verbatim",
+        "index_context_turns": settings.index_context_turns,
+        "neighbour_weight": settings.neighbour_weight,
+        "mmr_lambda": settings.mmr_lambda,
+        "embedder": args.embedder,
+        "data": str(args.data),
+        "every": args.every,
+        "questions": len(results),
+        "scored": summaries["retain"]["n"],
+        "abstention_skipped": summaries["retain"]["abstention_skipped"],
+        "turns": n_turns,
+        "skipped_empty_turns": sum(r["skipped_empty_turns"] for r in results),
+        "ingest_s": ingest_s,
+        "ingest_turns_per_s": n_turns / ingest_s if ingest_s else float("nan"),
+        "wall_s": wall_s,
+        "workers": args.workers,
+        "embed_cache": cache,
         # ingest speed over the questions whose turns were (>= 90%) really embedded, not cache hits
         "cold_questions": len(cold),
         "ingest_turns_per_s_cold": sum(r["n_turns"] for r in cold) / cold_s if cold_s else float("nan"),
-        "search_p50_ms": percentile(latencies, 50), "search_p95_ms": percentile(latencies, 95),
+        "search_p50_ms": percentile(latencies, 50),
+        "search_p95_ms": percentile(latencies, 95),
         "token_method": TokenCounter.method,
     }
 
     main_s = summaries["retain"]
-    print(f"LongMemEval_S retrieval - index_context_turns={settings.index_context_turns}, "
-          f"neighbour_weight={settings.neighbour_weight}, mmr_lambda={settings.mmr_lambda}, "
-          f"embedder={args.embedder}, {len(results)} questions "
-          f"({main_s['n']} scored, {info['abstention_skipped']} abstention skipped), {n_turns} turns")
-    print(f"ingest {ingest_s:.0f}s summed over questions ({info['ingest_turns_per_s']:.1f} turns/s per worker), "
-          f"wall {wall_s:.0f}s with {args.workers} worker(s)"
-          + (f"  [embedding cache {cache}: timing not real; over the {len(cold)} cold questions "
-             f"{info['ingest_turns_per_s_cold']:.1f} turns/s per worker]" if cache else ""))
+    print(
+        f"LongMemEval_S retrieval - index_context_turns={settings.index_context_turns}, "
+        f"neighbour_weight={settings.neighbour_weight}, mmr_lambda={settings.mmr_lambda}, "
+        f"embedder={args.embedder}, {len(results)} questions "
+        f"({main_s['n']} scored, {info['abstention_skipped']} abstention skipped), {n_turns} turns"
+    )
+    print(
+        f"ingest {ingest_s:.0f}s summed over questions ({info['ingest_turns_per_s']:.1f} turns/s per worker), "
+        f"wall {wall_s:.0f}s with {args.workers} worker(s)"
+        + (
+            f"  [embedding cache {cache}: timing not real; over the {len(cold)} cold questions "
+            f"{info['ingest_turns_per_s_cold']:.1f} turns/s per worker]"
+            if cache
+            else ""
+        )
+    )
     print(f"search p50 {info['search_p50_ms']:.1f} ms, p95 {info['search_p95_ms']:.1f} ms (limit 10)")
-    print("turn/session recall = fraction of gold found (main); any = recall_any; all = recall_all; sess@k = top-k "
-          "distinct sessions (ranked by best turn); s_of_t = sessions of the top-k turns (old flavour)")
+    print(
+        "turn/session recall = fraction of gold found (main); any = recall_any; all = recall_all; sess@k = top-k "
+        "distinct sessions (ranked by best turn); s_of_t = sessions of the top-k turns (old flavour)"
+    )
     for name, s in summaries.items():
-        header = ["slice", "n", *(f"turn@{k}" for k in KS), *(f"sess@{k}" for k in KS),
-                  "t_any@5", "t_any@10", "t_all@10", "s_any@5", "s_all@10", "s_of_t@5", "tok@10"]
+        header = [
+            "slice",
+            "n",
+            *(f"turn@{k}" for k in KS),
+            *(f"sess@{k}" for k in KS),
+            "t_any@5",
+            "t_any@10",
+            "t_all@10",
+            "s_any@5",
+            "s_all@10",
+            "s_of_t@5",
+            "tok@10",
+        ]
         blocks = [("all", s), *s["per_type"].items()]
-        print_table(f"[{name}] recall", header, [
-            [label, b["n"], *(b[f"turn_recall@{k}"] for k in KS), *(b[f"session_recall@{k}"] for k in KS),
-             b["turn_any@5"], b["turn_any@10"], b["turn_all@10"], b["session_any@5"], b["session_all@10"],
-             b["session_of_turns@5"], b["tokens@10"]]
-            for label, b in blocks
-        ])
+        print_table(
+            f"[{name}] recall",
+            header,
+            [
+                [
+                    label,
+                    b["n"],
+                    *(b[f"turn_recall@{k}"] for k in KS),
+                    *(b[f"session_recall@{k}"] for k in KS),
+                    b["turn_any@5"],
+                    b["turn_any@10"],
+                    b["turn_all@10"],
+                    b["session_any@5"],
+                    b["session_all@10"],
+                    b["session_of_turns@5"],
+                    b["tokens@10"],
+                ]
+                for label, b in blocks
+            ],
+        )
     if len(summaries) > 1:
-        print_table("variants", ["variant", *(f"turn@{k}" for k in KS), *(f"sess@{k}" for k in KS), "s_of_t@5"],
-                    [[n, *(s[f"turn_recall@{k}"] for k in KS), *(s[f"session_recall@{k}"] for k in KS),
-                      s["session_of_turns@5"]] for n, s in summaries.items()])
+        print_table(
+            "variants",
+            ["variant", *(f"turn@{k}" for k in KS), *(f"sess@{k}" for k in KS), "s_of_t@5"],
+            [
+                [
+                    n,
+                    *(s[f"turn_recall@{k}"] for k in KS),
+                    *(s[f"session_recall@{k}"] for k in KS),
+                    s["session_of_turns@5"],
+                ]
+                for n, s in summaries.items()
+            ],
+        )
 
     headline: dict[str, Any] = {}
     for k in KS:
@@ -352,9 +442,11 @@ def _progress(done: int, total: int, r: dict[str, Any], wall: float, partial: st
             fh.write(json.dumps(rounded(r)) + "\n")
     row = r["rows"][0]
     elapsed = time.perf_counter() - wall
-    log(f"[{done}/{total}] {r['question_id']} ({r['question_type']}): {r['n_turns']} turns in {r['ingest_s']:.1f}s, "
+    log(
+        f"[{done}/{total}] {r['question_id']} ({r['question_type']}): {r['n_turns']} turns in {r['ingest_s']:.1f}s, "
         f"turn@10 {row['turn_recall@10']:.2f} sess@10 {row['session_recall@10']:.2f}; "
-        f"eta {elapsed / done * (total - done):.0f}s")
+        f"eta {elapsed / done * (total - done):.0f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,11 @@ def main() -> int:
     parser.add_argument("--mem0", type=Path, help="vs_mem0.py --json-out")
     parser.add_argument("--lme", type=Path, required=True, help="longmemeval.py --json-out of the current library")
     parser.add_argument("--lme-before", type=Path, help="the same for the code before issue 4")
-    parser.add_argument("--lme-before-variant", default="retain",
-                        help="read --lme-before's summary of this --variant (e.g. the earlier settings)")
+    parser.add_argument(
+        "--lme-before-variant",
+        default="retain",
+        help="read --lme-before's summary of this --variant (e.g. the earlier settings)",
+    )
     parser.add_argument("--lme-title", default="LongMemEval_S dev split (--every 2), recall@k")
     parser.add_argument("--out", type=Path, default=Path("bench/recall.png"))
     args = parser.parse_args()
@@ -59,28 +62,38 @@ def main() -> int:
         points = [(k, side[f"recall@{k}"]) for k in (1, 5, 10, 25) if f"recall@{k}" in side]
         if points:
             left.plot(*zip(*points, strict=True), "s-", label="mem0 2.2.1 (semantic only, offline)", color="tab:red")
-    left.errorbar([5, 10, 25], [0.58, 0.67, 0.785], yerr=[0.01, 0.01, 0.015], fmt="D", color="gray",
-                  capsize=4, label="DRAGON (LoCoMo paper)")
-    left.set(title="LoCoMo dev split, evidence recall@k (cat. 1-4)", xlabel="k", ylabel="recall", xscale="log",
-             ylim=(0, 1))
+    left.errorbar(
+        [5, 10, 25],
+        [0.58, 0.67, 0.785],
+        yerr=[0.01, 0.01, 0.015],
+        fmt="D",
+        color="gray",
+        capsize=4,
+        label="DRAGON (LoCoMo paper)",
+    )
+    left.set(
+        title="LoCoMo dev split, evidence recall@k (cat. 1-4)", xlabel="k", ylabel="recall", xscale="log", ylim=(0, 1)
+    )
     left.set_xticks(ks, [str(k) for k in ks])
     left.axhline(0.75, color="tab:blue", lw=0.6, ls=":")
     left.legend(loc="lower right", fontsize=8)
 
     lks = [1, 5, 10]
-    lme_runs = (("Retain (issue 4)", args.lme, "-", "retain"), ("Retain before", args.lme_before, "--",
-                                                                   args.lme_before_variant))
+    lme_runs = (
+        ("Retain (issue 4)", args.lme, "-", "retain"),
+        ("Retain before", args.lme_before, "--", args.lme_before_variant),
+    )
     for label, path, style, variant in lme_runs:
         s = _summary(path, variant)
         if s is None:
             continue
         right.plot(lks, [s[f"turn_recall@{k}"] for k in lks], "o" + style, color="tab:blue", label=f"{label}, turn")
-        right.plot(lks, [s[f"session_recall@{k}"] for k in lks], "^" + style, color="tab:green",
-                   label=f"{label}, session")
+        right.plot(
+            lks, [s[f"session_recall@{k}"] for k in lks], "^" + style, color="tab:green", label=f"{label}, session"
+        )
     right.plot([5, 10], [0.644, 0.784], "D", color="gray", label="Stella 1.5B + fact keys (M), turn")
     right.plot([5, 10], [0.732, 0.862], "v", color="gray", label="Stella 1.5B + fact keys (M), session")
-    right.set(title=args.lme_title, xlabel="k", ylabel="recall", xscale="log",
-              ylim=(0, 1))
+    right.set(title=args.lme_title, xlabel="k", ylabel="recall", xscale="log", ylim=(0, 1))
     right.set_xticks(lks, [str(k) for k in lks])
     right.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

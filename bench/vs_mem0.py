@@ -107,10 +107,13 @@ def retain_side(conversations: list[Conversation], limit: int, embedder_spec: st
                 result, latency = timed(
                     lambda q=qa["question"], u=conv.sample_id: memory.search(q, user_id=u, limit=limit)
                 )
-                answers.append({
-                    "ranked": [id_to_dia.get(h.id, "?") for h in result.results],
-                    "latency_ms": latency, "texts": [h.memory for h in result.results],
-                })
+                answers.append(
+                    {
+                        "ranked": [id_to_dia.get(h.id, "?") for h in result.results],
+                        "latency_ms": latency,
+                        "texts": [h.memory for h in result.results],
+                    }
+                )
     finally:
         memory.close()
     return {"ingest": ingest, "answers": answers}
@@ -133,18 +136,31 @@ def mem0_side(
     workdir = tmp / "mem0"
     workdir.mkdir()
     job = {
-        "workdir": str(workdir), "model_path": None, "limit": limit, "threshold": threshold,
+        "workdir": str(workdir),
+        "model_path": None,
+        "limit": limit,
+        "threshold": threshold,
         "users": [
-            {"user_id": c.sample_id, "sessions": [
-                [{"dia_id": t.dia_id, "speaker": t.speaker, "text": t.text} for t in s] for s in c.sessions if s
-            ]}
+            {
+                "user_id": c.sample_id,
+                "sessions": [
+                    [{"dia_id": t.dia_id, "speaker": t.speaker, "text": t.text} for t in s] for s in c.sessions if s
+                ],
+            }
             for c in conversations
         ],
-        "questions": [{"user_id": c.sample_id, "question": qa["question"]} for c in conversations
-                      for qa in questions_of(c)],
+        "questions": [
+            {"user_id": c.sample_id, "question": qa["question"]} for c in conversations for qa in questions_of(c)
+        ],
     }
-    env = {**os.environ, "MEM0_TELEMETRY": "False", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "MEM0_TELEMETRY": "False",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     log(f"mem0: starting {python} {WORKER.name}")
     proc = subprocess.run(
         [python, str(WORKER)], input=json.dumps(job), capture_output=True, text=True, env=env, check=False
@@ -174,10 +190,14 @@ def score(conversations: list[Conversation], side: dict[str, Any], tokens: Token
     latencies = [a["latency_ms"] for a in side["answers"]]
     out = {f"recall@{k}": mean(r[f"recall@{k}"] for r in rows) for k in KS}
     out |= {
-        "ndcg@10": mean(r["ndcg@10"] for r in rows), "tokens@10": mean(r["tokens@10"] for r in rows),
-        "questions": len(rows), "turns": turns, "ingest_s": seconds,
+        "ndcg@10": mean(r["ndcg@10"] for r in rows),
+        "tokens@10": mean(r["tokens@10"] for r in rows),
+        "questions": len(rows),
+        "turns": turns,
+        "ingest_s": seconds,
         "ingest_turns_per_s": turns / seconds if seconds else float("nan"),
-        "search_p50_ms": percentile(latencies, 50), "search_p95_ms": percentile(latencies, 95),
+        "search_p50_ms": percentile(latencies, 50),
+        "search_p95_ms": percentile(latencies, 95),
         "search_mean_ms": mean(latencies),
     }
     return out
@@ -214,21 +234,50 @@ def main(argv: list[str] | None = None) -> int:
         "recall@10_retain_over_mem0": retain["recall@10"] / mem0["recall@10"] if mem0["recall@10"] else float("nan"),
         "recall@10_retain_minus_mem0": retain["recall@10"] - mem0["recall@10"],
     }
-    mem0_info = {k: mem0_raw.get(k) for k in ("mem0_version", "torch_version", "torch_threads", "model_path",
-                                                "bm25_enabled", "entities_enabled", "setup_s")}
+    mem0_info = {
+        k: mem0_raw.get(k)
+        for k in (
+            "mem0_version",
+            "torch_version",
+            "torch_threads",
+            "model_path",
+            "bm25_enabled",
+            "entities_enabled",
+            "setup_s",
+        )
+    }
 
-    print(f"Retain vs mem0 on LoCoMo ({len(conversations)} conversations, {retain['turns']} turns, "
-          f"{retain['questions']} questions cat 1-4, limit {args.limit}), raw mode (infer=False)")
-    metrics = ["ingest_turns_per_s", "ingest_s", "search_p50_ms", "search_p95_ms", "search_mean_ms",
-               "recall@1", "recall@5", "recall@10", "ndcg@10", "tokens@10", "load"]
+    print(
+        f"Retain vs mem0 on LoCoMo ({len(conversations)} conversations, {retain['turns']} turns, "
+        f"{retain['questions']} questions cat 1-4, limit {args.limit}), raw mode (infer=False)"
+    )
+    metrics = [
+        "ingest_turns_per_s",
+        "ingest_s",
+        "search_p50_ms",
+        "search_p95_ms",
+        "search_mean_ms",
+        "recall@1",
+        "recall@5",
+        "recall@10",
+        "ndcg@10",
+        "tokens@10",
+        "load",
+    ]
     print_table("results", ["metric", "retain", "mem0"], [[m, retain[m], mem0[m]] for m in metrics])
     print_table("ratios", ["ratio", "value"], [[k, v] for k, v in ratios.items()])
     print(f"\nmem0 ran with: {json.dumps(mem0_info)}")
     print("What differs between the two setups:")
     for line in SETUP_DIFFERENCES:
         print(f"  - {line}")
-    summary = {"retain": retain, "mem0": mem0, "ratios": ratios, "mem0_setup": mem0_info,
-               "conversations": len(conversations), "limit": args.limit}
+    summary = {
+        "retain": retain,
+        "mem0": mem0,
+        "ratios": ratios,
+        "mem0_setup": mem0_info,
+        "conversations": len(conversations),
+        "limit": args.limit,
+    }
     full = {**summary, "differences": SETUP_DIFFERENCES, "retain_raw": retain_raw, "mem0_raw": mem0_raw}
     emit(rounded(summary), rounded(full), args.json_out)
     return 0

@@ -78,8 +78,6 @@ CANDIDATE_POOL = 50
 PRIOR_POOL = 100
 #: Candidates re-ordered by maximal marginal relevance, at least.
 MMR_POOL = 50
-#: Turns on each side of a hit that neighbour expansion lifts (1 when `Settings.neighbour_weight_2` is 0).
-NEIGHBOUR_WINDOW = 2
 #: Earlier turns of the same session shown to the extraction call as context.
 CONTEXT_MESSAGES = 6
 #: How much of the new messages (from the end) forms the query for similar memories.
@@ -365,10 +363,7 @@ class Memory:
             dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
             fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
             st = self.settings
-            # Lift weights by distance from a hit: the adjacent turns, then the turns two places away.
-            weights = (
-                (st.neighbour_weight, st.neighbour_weight_2) if st.neighbour_weight_2 > 0 else (st.neighbour_weight,)
-            )
+            weights = st.neighbour_weights
             if max(weights) > 0:
                 gap = int(st.conversation_gap_seconds * 1_000_000)
                 sources = [f.id for f in fused[: 2 * limit]]

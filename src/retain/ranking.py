@@ -15,8 +15,8 @@ the list: turns of a speaker the query names are boosted (`boost_speakers`),
 memories from a date the query names are boosted (`boost_in_windows`, windows
 from `retain.dates`), and in a two-party chat the turns of the side the query
 does not ask about are damped (`prefer_role`: "what did I ..." is answered by
-the user's turns, "what did you recommend ..." by the assistant's). Optionally the list is re-ordered for
-diversity (`diversify`, MMR). Weighted score fusion, session-level score
+the user's turns, "what did you recommend ..." by the assistant's). Optionally
+the list is re-ordered for diversity (`diversify`, MMR). Weighted score fusion, session-level score
 aggregation and per-session diversity were measured and lost (BENCHMARKS.md).
 """
 

@@ -85,6 +85,15 @@ class Settings:
     #: users are evicted; 0 turns the cache off). A user with 10k memories takes about 20 MiB.
     vector_cache_mb: int = 512
 
+    @property
+    def neighbour_weights(self) -> tuple[float, ...]:
+        """The neighbour lift's weight by distance from a hit (what `Store.adjacent`'s window spans)."""
+        return (
+            (self.neighbour_weight, self.neighbour_weight_2)
+            if self.neighbour_weight_2 > 0
+            else (self.neighbour_weight,)
+        )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = None) -> Settings:
         """Read `RETAIN_*` variables; `env_file` (a `.env`) fills what the environment leaves unset."""

@@ -648,10 +648,7 @@ class PostgresStore(Store):
         cur.execute(
             "SELECT id, user_id FROM memories WHERE tenant_id = %s AND id = ANY(%s::text[])", (tenant_id, list(ends))
         )
-        out: dict[str | None, list[tuple[str, int | None]]] = {}
-        for id, user in cur.fetchall():
-            out.setdefault(user, []).append((str(id), ends[str(id)]))
-        return out
+        return _log_entries({str(id): user for id, user in cur.fetchall()}, ends)
 
     def record_access(self, tenant_id: str, counts: dict[str, int], at: int) -> None:
         if not counts:
@@ -1090,11 +1087,11 @@ class PostgresStore(Store):
             # copies drop them rather than read which memories remain (a `seq` is never given twice).
             cur.execute(f"SELECT id, user_id FROM memories WHERE {where}", params)
             logged = {str(id): user for id, user in cur.fetchall()}
-            _bump_versions(cur, tenant_id, set(), set(), _removed_by_user(logged))
+            _bump_versions(cur, tenant_id, set(), set(), _log_entries(logged, dict.fromkeys(logged)))
             cur.execute(f"DELETE FROM memories WHERE {where} RETURNING id, user_id", params)
             memories = cur.rowcount
             meanwhile = {str(id): user for id, user in cur.fetchall() if str(id) not in logged}  # added meanwhile
-            _bump_versions(cur, tenant_id, set(), set(), _removed_by_user(meanwhile))
+            _bump_versions(cur, tenant_id, set(), set(), _log_entries(meanwhile, dict.fromkeys(meanwhile)))
             cur.execute("DELETE FROM memory_events WHERE tenant_id = %s AND lineage_id = %s", (tenant_id, lineage_id))
             return PurgeCounts(memories=memories, vectors=memories, keyword_rows=memories, events=cur.rowcount)
 
@@ -1373,11 +1370,13 @@ def _bump_versions(
     )
 
 
-def _removed_by_user(users: dict[str, str | None]) -> dict[str | None, list[tuple[str, int | None]]]:
-    """Log entries (id, None: removed) for `_bump_versions`, by user, from id -> user."""
+def _log_entries(
+    users: dict[str, str | None], ends: dict[str, int] | dict[str, None]
+) -> dict[str | None, list[tuple[str, int | None]]]:
+    """`_bump_versions`' log entries (id, valid_to; None: removed) by user, from id -> user and id -> end."""
     out: dict[str | None, list[tuple[str, int | None]]] = {}
     for id, user in users.items():
-        out.setdefault(user, []).append((id, None))
+        out.setdefault(user, []).append((id, ends[id]))
     return out
 
 
