@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from retain.indexing import CONTEXT_CHARS, index_texts, keyword_query
+import numpy as np
+
+from retain.indexing import CONTEXT_CHARS, MAX_FACETS, facet_texts, index_texts, keyword_query, split_facets
 from retain.models import Message
 
 
@@ -46,3 +48,19 @@ def test_only_short_turns_get_context() -> None:
     out = index_texts([Message(content="Q?", name="A"), Message(content=long, name="B")], [], 2, short_words=30)
     assert out == ["A: Q?", f"B: {long}"]
     assert index_texts([Message(content="Q?", name="A"), Message(content="ok", name="B")], [], 2)[1] == "B: ok\nA: Q?"
+
+
+def test_a_user_turn_of_several_sentences_is_faceted_by_them() -> None:
+    turn = "Can you suggest BBQ sauce recipes? Cheers!\nBy the way, I got a smoker last week."
+    assert facet_texts(turn, "user") == ["Can you suggest BBQ sauce recipes?", "By the way, I got a smoker last week."]
+    assert facet_texts(turn, "assistant") == []  # assistant turns run long: not faceted
+    assert facet_texts("I got a smoker last week. Thanks!", "user") == []  # one sentence worth a vector
+    many = " ".join(f"Sentence number {i} is here." for i in range(MAX_FACETS + 3))
+    assert len(facet_texts(many, "user")) == MAX_FACETS
+
+
+def test_split_facets_hands_each_turn_its_own_rows() -> None:
+    vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
+    a, none, b = split_facets(vectors, [["x", "y"], [], ["z"]])
+    assert none is None and a is not None and b is not None
+    assert a.tolist() == [[0, 1], [2, 3]] and b.tolist() == [[4, 5]]

@@ -265,7 +265,9 @@ def test_a_hit_lifts_its_neighbouring_turns(tmp_path: Path) -> None:
 def test_a_hit_lifts_the_turns_two_places_away_less(tmp_path: Path) -> None:
     turns = ["kiwi kiwi kiwi", "unrelated reply", "other words", "more filler", "last one"]
     for second, lifted in ((0.3, True), (0.0, False)):
-        settings = Settings(track_access=False, index_context_turns=0, neighbour_weight=0.5, neighbour_weight_2=second)
+        settings = Settings(
+            track_access=False, index_context_turns=0, neighbour_weight=0.5, neighbour_weight_2=second, keyword_weight=2
+        )  # a keyword weight at which the unlifted turns' own scores stay below the lifts
         with Memory(str(tmp_path / f"n{second}.db"), HashEmbedder(), settings=settings) as m:
             ids = [e.id for e in m.add(turns, user_id="u", infer=False).results]
             scores = {h.id: h.score for h in m.search("kiwi", user_id="u", limit=5).results}
@@ -334,3 +336,22 @@ def test_ids_increase_strictly_in_creation_order() -> None:
     ids = [new_id() for _ in range(2000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(i[14] == "7" for i in ids)  # still UUIDv7
+
+
+def test_a_sentence_said_in_passing_finds_its_turn_by_vector(tmp_path: Path) -> None:
+    m = Memory(str(tmp_path / "f.db"), HashEmbedder(), settings=Settings(track_access=False))
+    turn = "Can you suggest sauce recipes for the party? By the way, I bought a smoker last week."
+    (hit, said) = m.add(
+        [{"role": "user", "content": turn}, {"role": "assistant", "content": turn}], user_id="u", infer=False
+    ).results
+    query = m.embedder.embed(["By the way, I bought a smoker last week."])[0]
+    scope = m._scope("u", None, None)
+    scores = {c.id: c.score for c in m.store.vector_search(scope, query, 5, None, None, 0)}
+    assert scores[hit.id] == pytest.approx(1.0, abs=1e-5)  # its facet is the query's sentence
+    assert scores[said.id] < 0.95  # the assistant's same words, one vector for the whole turn
+    updated = m.update(hit.id, text="I bought a smoker last week. It smokes ribs well.")
+    scores = {c.id: c.score for c in m.store.vector_search(scope, query, 5, None, None, 0)}
+    assert hit.id not in scores and scores[updated.id] < 0.99  # the new text's facets, not the old ones
+    fact = m.embedder.embed(["It smokes ribs well."])[0]
+    assert m.store.vector_search(scope, fact, 1, None, None, 0)[0].score == pytest.approx(1.0, abs=1e-5)
+    m.close()

@@ -32,7 +32,7 @@ def test_retrieval_settings_from_env() -> None:
             "RETAIN_INDEX_CONTEXT_TURNS": "0",
             "RETAIN_NEIGHBOUR_WEIGHT": "0",
             "RETAIN_NEIGHBOUR_WEIGHT_2": "0.25",
-            "RETAIN_KEYWORD_WEIGHT": "1.5",
+            "RETAIN_KEYWORD_WEIGHT": "2.5",
             "RETAIN_MMR_LAMBDA": "0.8",
             "RETAIN_SPEAKER_BOOST": "0",
             "RETAIN_TIME_BOOST": "2",
@@ -43,7 +43,7 @@ def test_retrieval_settings_from_env() -> None:
     assert s.vector_cache_mb == 0
     assert (s.neighbour_weight_2, Settings().neighbour_weight_2) == (0.25, 0.4)
     assert (Settings().neighbour_weights, Settings(neighbour_weight_2=0).neighbour_weights) == ((0.6, 0.4), (0.6,))
-    assert (s.index_context_turns, s.neighbour_weight, s.keyword_weight, s.mmr_lambda) == (0, 0.0, 1.5, 0.8)
+    assert (s.index_context_turns, s.neighbour_weight, s.keyword_weight, s.mmr_lambda) == (0, 0.0, 2.5, 0.8)
     assert (s.speaker_boost, s.time_boost, s.role_prior) == (0.0, 2.0, 0.5)
 
 

@@ -69,3 +69,21 @@ def test_malformed_files_fail_before_writing(tmp_path: Path, lines: list[str], m
     with pytest.raises(InvalidInputError, match=match):
         import_jsonl(target, lines)
     assert target.store.counts()["messages"] == 0  # type: ignore[attr-defined]
+
+
+def test_facets_travel_with_an_export_and_are_rebuilt_for_older_ones(tmp_path: Path) -> None:
+    source = Memory(str(tmp_path / "a.db"), HashEmbedder())
+    source.add(
+        [{"role": "user", "content": "We moved last spring. I adopted a beagle named Rex."}], user_id="u", infer=False
+    )
+    buffer = io.StringIO()
+    export_jsonl(source, buffer)
+    lines = buffer.getvalue().splitlines()
+    query = source.embedder.embed(["I adopted a beagle named Rex."])[0]
+    older = [json.dumps({k: v for k, v in json.loads(line).items() if k != "facets"}) for line in lines]
+    for name, export in (("b", lines), ("c", older)):
+        target = Memory(str(tmp_path / f"{name}.db"), HashEmbedder())
+        import_jsonl(target, export)
+        (best,) = target.store.vector_search(target._scope("u", None, None), query, 1, None, None, 0)
+        assert best.score == pytest.approx(1.0, abs=1e-5), name
+        assert _snapshot(target) == _snapshot(source), name

@@ -14,6 +14,15 @@ over keyword-only context (recall@10 0.713 vs 0.714). Context on long turns
 did the same on LongMemEval through BM25 (turn recall@10 0.824 -> 0.790); short
 turns are the elliptical ones that need it. See BENCHMARKS.md.
 
+A user's turn often says its fact in passing: "Can you suggest BBQ sauce
+recipes? By the way, I got a smoker last week." Its one vector is about the
+request, so "what kitchen appliance did I buy?" misses it. Each sentence of a
+user turn of several is therefore embedded too, as a facet, and the turn
+scores as its best vector (`facet_texts`, `store.vector_index`). On
+LongMemEval that took dense-only turn recall@10 from 0.70 to 0.88. Assistant
+turns get none: they run to ~17 sentences each, which multiplied the
+embedding work at ingest ~8 times (see BENCHMARKS.md).
+
 Keyword search drops English stopwords from the query: BM25 gives them little
 weight anyway, but each one costs a posting-list scan, and question words
 ("what", "when", "did") otherwise match most turns.
@@ -24,6 +33,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from .models import ChatMessage, Message
 
@@ -46,11 +58,34 @@ when where which while who whom why will with would you your yours yourself your
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+#: A sentence of fewer words ("Thanks!", "Oh, and") says too little to be searched for on its own.
+FACET_MIN_WORDS = 3
+#: At most this many facets a turn: bounds the vectors a long turn adds.
+MAX_FACETS = 8
 
 
 def turn_line(content: str, name: str | None) -> str:
     """A turn as it is embedded: with its speaker's name when it has one."""
     return f"{name}: {content}" if name else content
+
+
+def facet_texts(content: str, role: str | None) -> list[str]:
+    """The sentences of a user's turn embedded besides the turn itself; none for a turn of one sentence."""
+    if role != "user":
+        return []
+    sentences = [s.strip() for s in _SENTENCE_END.split(content) if len(s.split()) >= FACET_MIN_WORDS]
+    return sentences[:MAX_FACETS] if len(sentences) > 1 else []
+
+
+def split_facets(vectors: npt.NDArray[np.float32], sentences: Sequence[Sequence[str]]) -> list[Any | None]:
+    """The facet vectors of each turn, from the vectors of all turns' `sentences` in order (None: no facets)."""
+    out: list[Any | None] = []
+    start = 0
+    for own in sentences:
+        out.append(np.asarray(vectors[start : start + len(own)], dtype=np.float32) if own else None)
+        start += len(own)
+    return out
 
 
 def embedding_text(text: str, index_text: str | None, metadata: dict[str, Any]) -> str:

@@ -19,12 +19,15 @@ from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from .async_bridge import offload
 from .dates import query_windows
 from .embedders import Embedder, embedder_from_spec
+from .embedders.base import Vectors
 from .errors import ConfigError, ConflictError, InvalidInputError, NotFoundError, RetainError
 from .filters import Filter, parse_filters
-from .indexing import index_texts, keyword_query, turn_line
+from .indexing import facet_texts, index_texts, keyword_query, split_facets, turn_line
 from .inputs import (
     MAX_LIMIT,
     MessagesInput,
@@ -196,17 +199,19 @@ class Memory:
             raise InvalidInputError("background=True needs infer=True; verbatim adds are already fast.")
         turns = self.settings.index_context_turns
         indexed = index_texts(parsed, self._conversation_before(scope, observed, turns), turns)
-        vectors = offload(self.embedder.embed, [turn_line(m.content, m.name) for m in parsed])
+        vectors, facets = self._embed_turns(
+            [turn_line(m.content, m.name) for m in parsed], [facet_texts(m.content, m.role) for m in parsed]
+        )
         batch = WriteBatch(at=now_micros())
         results: list[MemoryEvent] = []
-        for message, vector, index_text in zip(parsed, vectors, indexed, strict=True):
+        for message, vector, index_text, facet in zip(parsed, vectors, indexed, facets, strict=True):
             stored = self._new_message(scope, message, observed)
             batch.messages.append(stored)
             meta = {**base_metadata, **message.metadata, "role": message.role}
             if message.name is not None:
                 meta["name"] = message.name
             memory = self._new_memory(
-                scope, message.content, None, meta, observed, [stored.id], vector, index_text=index_text
+                scope, message.content, None, meta, observed, [stored.id], vector, index_text=index_text, facets=facet
             )
             batch.memories.append(memory)
             reason = "stored verbatim (infer=False)"
@@ -236,14 +241,25 @@ class Memory:
             old.memory if text is None else check_text(text, field="text", max_chars=self.settings.max_message_chars)
         )
         new_meta = old.metadata if metadata is None else check_metadata(metadata)
+        role = new_meta.get("role")
+        sentences = facet_texts(new_text, role if isinstance(role, str) else None)
         if new_text == old.memory:
             vector = self.store.vectors(self.tenant_id, [id])[id]
+            facets = self._embed_turns([], [sentences])[1][0]
         else:
-            vector = offload(self.embedder.embed, [new_text])[0]
+            (vector,), (facets,) = self._embed_turns([new_text], [sentences])
         now = now_micros()
         scope = Scope(tenant_id=self.tenant_id, user_id=old.user_id, agent_id=old.agent_id, run_id=old.run_id)
         memory = self._new_memory(
-            scope, new_text, old.category, new_meta, now, old.source_message_ids, vector, lineage=old.lineage_id
+            scope,
+            new_text,
+            old.category,
+            new_meta,
+            now,
+            old.source_message_ids,
+            vector,
+            lineage=old.lineage_id,
+            facets=facets,
         )
         why = reason or "updated through the API"
         batch = WriteBatch(
@@ -660,6 +676,14 @@ class Memory:
             created_at=at,
         )
 
+    def _embed_turns(self, texts: list[str], sentences: list[list[str]]) -> tuple[Vectors, list[Vector | None]]:
+        """The vectors of `texts`, and of each turn's facet `sentences` (None for none), in one embedder call."""
+        flat = [s for own in sentences for s in own]
+        if not texts and not flat:
+            return np.zeros((0, self.embedder.dimensions), dtype=np.float32), [None] * len(sentences)
+        embedded = offload(self.embedder.embed, [*texts, *flat])
+        return embedded[: len(texts)], split_facets(embedded[len(texts) :], sentences)
+
     @staticmethod
     def _new_memory(
         scope: Scope,
@@ -672,6 +696,7 @@ class Memory:
         *,
         lineage: str | None = None,
         index_text: str | None = None,
+        facets: Vector | None = None,
     ) -> NewMemory:
         id = new_id()
         return NewMemory(
@@ -686,6 +711,7 @@ class Memory:
             source_message_ids=sources,
             embedding=vector,
             index_text=index_text,
+            facets=facets,
         )
 
     @staticmethod

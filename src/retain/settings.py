@@ -65,7 +65,7 @@ class Settings:
     #: Turns further apart than this belong to different conversations (no shared context, no neighbours).
     conversation_gap_seconds: float = 1800.0
     #: Weight of a keyword (BM25) rank against a vector rank in reciprocal-rank fusion.
-    keyword_weight: float = 2.0
+    keyword_weight: float = 1.5
     #: Turns spoken by someone the query names score (1 + this) times higher (0: off).
     speaker_boost: float = 1.0
     #: Memories whose time falls in a date the query names ("10 days ago", "in May") score (1 + this) times higher.

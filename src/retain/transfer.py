@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidInputError
-from .indexing import embedding_text
+from .indexing import embedding_text, facet_texts, split_facets
 from .memory import Memory
 from .models import Role
 
@@ -56,6 +56,8 @@ class MemoryRow(_Row):
     embedding: str
     #: What was keyword-indexed, when not `text` (absent in exports from before it existed).
     index_text: str | None = None
+    #: The sentence vectors of a verbatim user turn, float32 rows in base64 (absent in older exports).
+    facets: str | None = None
 
 
 class EventRow(_Row):
@@ -161,11 +163,34 @@ def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int],
         else:
             vectors = memory.embedder.embed(texts)
             reembedded += len(texts)
-        memory.store.import_rows(memory.tenant_id, [r.model_dump() for r in batch], vectors)
+        memories = [r for r in batch if isinstance(r, MemoryRow)]
+        facets = dict(zip((r.id for r in memories), _facets(memory, memories, same_space), strict=True))
+        dumped = [r.model_dump() | ({"facets": facets[r.id]} if isinstance(r, MemoryRow) else {}) for r in batch]
+        memory.store.import_rows(memory.tenant_id, dumped, vectors)
         imported += len(batch)
         if progress is not None:
             progress(len(batch))
     return {"imported": imported, "skipped": len(rows) - len(kept), "reembedded": reembedded}
+
+
+def _facets(memory: Memory, rows: list[MemoryRow], same_space: bool) -> list[Any]:
+    """Each row's facet vectors: as exported in the same embedding space, else embedded again from its
+    sentences (`retain.indexing.facet_texts`; exports from before facets existed get them too)."""
+    dims = memory.embedder.dimensions
+    if same_space and all("facets" in r.model_fields_set for r in rows):
+        return [
+            None if r.facets is None else np.frombuffer(base64.b64decode(r.facets), dtype=np.float32).reshape(-1, dims)
+            for r in rows
+        ]
+    sentences = [_facet_sentences(r) for r in rows]
+    flat = [s for own in sentences for s in own]
+    return split_facets(memory.embedder.embed(flat) if flat else np.zeros((0, dims), np.float32), sentences)
+
+
+def _facet_sentences(row: MemoryRow) -> list[str]:
+    """The sentences a stored turn is faceted by, as `Memory.add(infer=False)` chose them (by its role)."""
+    role = row.metadata.get("role")
+    return facet_texts(row.text, role if isinstance(role, str) else None)
 
 
 def _batches(rows: list[_Row], size: int) -> Iterator[list[_Row]]:

@@ -7,8 +7,10 @@ known exactly.
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -376,6 +378,40 @@ def test_searches_follow_every_write_made_through_another_instance(make_store: S
     assert found() == []
     writer.import_rows("t1", exported, np.array([unit(1)]))
     assert found() == ["x"]
+
+
+def faceted(id: str, vector: Vector, *facets: Vector, lineage: str | None = None) -> NewMemory:
+    """A verbatim turn whose sentences were embedded as `facets`."""
+    return replace(new_memory(id, f"turn {id}", vector, lineage=lineage), facets=np.array(facets, dtype=np.float32))
+
+
+def test_a_memory_scores_as_its_best_facet_through_cache_appends_endings_purges_and_import(
+    make_store: StoreFactory,
+) -> None:
+    reader, writer = make_store(), make_store()
+    q = unit(0, 0, 1)
+
+    def found(s: Store) -> list[tuple[str, float]]:
+        return [(c.id, round(c.score, 4)) for c in s.vector_search(scope(), q, 10, None, None, 100)]
+
+    add(writer, faceted("a", unit(1), unit(1, 0, 0.2), unit(0, 1, 1)), new_memory("plain", "p", unit(0.5, 0, 1)))
+    cos = round(float(unit(0, 1, 1) @ q), 4)
+    assert found(reader) == [("plain", round(float(unit(0.5, 0, 1) @ q), 4)), ("a", cos)]
+    # Appended to the cached copy: the new row's facets belong to it, not to a row already held.
+    add(writer, faceted("b", unit(-1), unit(0, 0, 1)), new_memory("c", "c", unit(1)), at=20)
+    assert found(reader)[0] == ("b", 1.0) and dict(found(reader))["a"] == cos
+    # Rows dropped before a faceted row (ended, then purged): its facets follow it to its new position.
+    writer.write("t1", WriteBatch(at=30, invalidate=[Invalidate(id="plain", valid_to=30)]))
+    assert [id for id, _ in found(reader)] == ["b", "a", "c"] and dict(found(reader))["a"] == cos
+    writer.purge_lineage("t1", "plain")
+    update(writer, "b", new_memory("b2", "b2", unit(-1), lineage="b"), at=40)  # the new version has no facets
+    assert found(reader) == found(make_store()) and found(reader)[0][0] == "a"
+    exported = [r for r in writer.export_rows("t1") if r["type"] == "memory" and r["id"] == "a"]
+    assert exported[0]["facets"] is not None
+    writer.purge_scope(scope())
+    facets = np.frombuffer(base64.b64decode(exported[0]["facets"]), dtype=np.float32).reshape(-1, DIM)
+    writer.import_rows("t1", [exported[0] | {"facets": facets}], np.array([unit(1)]))
+    assert found(reader) == [("a", cos)]
 
 
 def test_a_cache_brought_up_to_date_answers_like_a_fresh_one(make_store: StoreFactory) -> None:

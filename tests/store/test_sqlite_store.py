@@ -224,7 +224,7 @@ def test_m005_backfills_keyword_statistics(tmp_path: Path) -> None:
         "DROP TABLE keyword_stats; DROP TABLE memory_fts_vocab; ALTER TABLE memories DROP COLUMN index_text; "
         "ALTER TABLE partition_versions DROP COLUMN reset; ALTER TABLE partition_versions DROP COLUMN ended; "
         "DROP INDEX memory_vectors_validity; CREATE INDEX memory_vectors_partition ON memory_vectors (partition); "
-        "DROP TABLE retired_rowids; "
+        "DROP TABLE retired_rowids; ALTER TABLE memory_vectors DROP COLUMN facets; "
         "DELETE FROM schema_migrations WHERE version >= 5"
     )
     db.close()
@@ -247,7 +247,7 @@ def test_m006_to_m008_add_partition_resets_and_endings_set_by_triggers(tmp_path:
     db.execute(
         "ALTER TABLE partition_versions DROP COLUMN reset; ALTER TABLE partition_versions DROP COLUMN ended; "
         "DROP INDEX memory_vectors_validity; CREATE INDEX memory_vectors_partition ON memory_vectors (partition); "
-        "DROP TABLE retired_rowids; "
+        "DROP TABLE retired_rowids; ALTER TABLE memory_vectors DROP COLUMN facets; "
         "DELETE FROM schema_migrations WHERE version >= 6"
     )
     db.close()

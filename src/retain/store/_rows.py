@@ -6,6 +6,7 @@ mappers take the backend's `decode`; everything else is the same on both.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -35,6 +36,11 @@ _OPTIONAL_FIELDS = frozenset({"index_text"})
 
 
 T = TypeVar("T")
+
+
+def facets_b64(blob: bytes | None) -> str | None:
+    """A memory's stored facet vectors as an export carries them (None for none)."""
+    return base64.b64encode(blob).decode() if blob else None
 
 
 def in_order(ids: Sequence[str], rows: Sequence[Sequence[Any]], decode: Callable[[Sequence[Any]], T]) -> list[T]:

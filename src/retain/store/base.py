@@ -55,6 +55,8 @@ class NewMemory:
     #: What keyword search indexes, when it is not `text`: a verbatim turn with its speaker and the
     #: turns before it (see `retain.indexing`). Never returned as the memory.
     index_text: str | None = None
+    #: The vectors of a verbatim turn's sentences (`retain.indexing.facet_texts`), one row each; None for none.
+    facets: Vector | None = None
 
 
 @dataclass(frozen=True)
@@ -317,7 +319,8 @@ class Store(ABC):
 
     @abstractmethod
     def import_rows(self, tenant_id: str, rows: Sequence[dict[str, Any]], embeddings: Vector) -> int:
-        """Insert exported rows in one transaction; memories take `embeddings` in order. Ids must be new."""
+        """Insert exported rows in one transaction; memories take `embeddings` in order, and their `facets`
+        (a matrix of sentence vectors, or None) from the row. Ids must be new."""
 
     @abstractmethod
     def check_integrity(self) -> list[str]:

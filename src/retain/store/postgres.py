@@ -39,6 +39,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -60,7 +61,17 @@ from .base import ApiKey, Candidate, Job, NewMemory, Origin, Store, Vector, Writ
 from .keyword_index import UserPostings
 from .postgres_pool import BridgedPool, Connection, Cursor, Pool
 from .postgres_schema import MAX_KEY_BYTES, MIGRATION_LOCK, MIGRATIONS, SchemaContext
-from .vector_index import DEFAULT_CACHE_BYTES, NO_EXPIRY, Partition, VectorCache, current_partition, to_blob, top_k
+from .vector_index import (
+    DEFAULT_CACHE_BYTES,
+    NO_EXPIRY,
+    Partition,
+    VectorCache,
+    current_partition,
+    facet_columns,
+    facets_blob,
+    to_blob,
+    top_k,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +111,7 @@ def _insert(table: str, fields: Sequence[str], extra: Sequence[str] = (), suffix
     return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))}){suffix}"
 
 
-_INSERT_MEMORY = _insert("memories", MEMORY_FIELDS, ["embedding"])
+_INSERT_MEMORY = _insert("memories", MEMORY_FIELDS, ["embedding", "facets"])
 _INSERT_EVENT = _insert("memory_events", EVENT_FIELDS)
 _IMPORT_MESSAGE = _insert("messages", MESSAGE_FIELDS, suffix=" ON CONFLICT (id) DO NOTHING")
 
@@ -139,7 +150,7 @@ _LOAD_SQL = {
     # The user's current memories with their vectors: an index-only scan of memories_current_vectors
     # (measured at 10k per user: 143 ms, against 319 ms reading the heap and the TOASTed vectors;
     # 65 ms with binary results, which the loads ask for).
-    "vectors": "m.id, m.expires_at, vector_send(m.embedding) FROM ({versions}) v "
+    "vectors": "m.id, m.expires_at, vector_send(m.embedding), m.facets FROM ({versions}) v "
     "LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
     # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts,
     # the metadata role and name `origins` reads, and the seq and category `adjacent` reads.
@@ -593,7 +604,7 @@ class PostgresStore(Store):
             "expires_at": mem.expires_at,
             "index_text": mem.index_text,
         }
-        return (*_rows.imported(tenant_id, MEMORY_FIELDS, row), _unit(mem.embedding))
+        return (*_rows.imported(tenant_id, MEMORY_FIELDS, row), _unit(mem.embedding), facets_blob(mem.facets))
 
     def _duplicate_of(self, cur: Cursor, tenant_id: str, mem: NewMemory, threshold: float) -> tuple[str, str] | None:
         """A current memory of the same user and agent with the same text or a near-identical vector.
@@ -912,7 +923,8 @@ class PostgresStore(Store):
         raw = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(n, stride)[:, 4:]
         matrix = np.ascontiguousarray(raw).view(">f4").astype(np.float32)
         unknown = np.full(n, None, dtype=object)  # agent and run are filtered in SQL (see vector_search)
-        return current_partition(
+        facets, facet_rows = facet_columns([None if r[3] is None else bytes(r[3]) for r in rows], self.dimensions)
+        partition = current_partition(
             version,
             matrix.reshape(n, self.dimensions),
             ids=np.array([r[0] for r in rows], dtype=object),
@@ -922,6 +934,7 @@ class PostgresStore(Store):
             reset=reset,
             max_seq=max_seq,
         )
+        return replace(partition, facets=facets, facet_rows=facet_rows)
 
     @staticmethod
     def _load_postings(version: int, reset: int, max_seq: int, rows: Sequence[tuple[Any, ...]]) -> Partition:
@@ -1266,13 +1279,13 @@ class PostgresStore(Store):
         with self._tx("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") as conn:  # one snapshot
             with conn.cursor(name="retain_export_memories") as cur:
                 cur.execute(
-                    f"SELECT {_rows.columns(MEMORY_FIELDS)}, vector_send(embedding) FROM memories "
+                    f"SELECT {_rows.columns(MEMORY_FIELDS)}, vector_send(embedding), facets FROM memories "
                     "WHERE tenant_id = %s ORDER BY seq",
                     (tenant_id,),
                 )
                 for r in cur:
-                    memory = _rows.exported("memory", MEMORY_FIELDS, r[:-1], _decoded)
-                    yield {**memory, "embedding": _b64(_from_send(r[-1]))}
+                    memory = _rows.exported("memory", MEMORY_FIELDS, r[:-2], _decoded)
+                    yield {**memory, "embedding": _b64(_from_send(r[-2])), "facets": _rows.facets_b64(r[-1])}
             for kind, table, fields in (
                 ("event", "memory_events", EVENT_FIELDS),
                 ("message", "messages", MESSAGE_FIELDS),
@@ -1294,7 +1307,7 @@ class PostgresStore(Store):
                 if kind == "memory":
                     _check_key_size(tenant_id, row["user_id"], row["id"])
                     values = _rows.imported(tenant_id, MEMORY_FIELDS, row)
-                    cur.execute(_INSERT_MEMORY, (*values, _unit(next(vectors))))
+                    cur.execute(_INSERT_MEMORY, (*values, _unit(next(vectors)), facets_blob(row.get("facets"))))
                     inserted += 1
                 elif kind == "event":
                     cur.execute(_INSERT_EVENT, _rows.imported(tenant_id, EVENT_FIELDS, row))

@@ -207,10 +207,17 @@ def _m005_partition_endings(db: Any, ctx: SchemaContext) -> None:
     db.execute("ALTER TABLE partition_versions ADD COLUMN ended jsonb NOT NULL DEFAULT '[]'")
 
 
+def _m006_facets(db: Any, ctx: SchemaContext) -> None:
+    # The sentence vectors of a verbatim user turn (`retain.indexing.facet_texts`), float32 rows; null for
+    # none. Read with the user's current vectors (postgres.py `_LOAD_SQL`).
+    db.execute("ALTER TABLE memories ADD COLUMN facets bytea")
+
+
 MIGRATIONS: list[Callable[[Any, SchemaContext], None]] = [
     _m001_core,
     _m002_knn_index,
     _m003_partition_versions,
     _m004_drop_scoped_terms,
     _m005_partition_endings,
+    _m006_facets,
 ]

@@ -60,6 +60,7 @@ from .vector_index import (
     NO_EXPIRY,
     VectorCache,
     bump_versions,
+    facets_blob,
     load_partition,
     to_blob,
     top_k,
@@ -383,7 +384,7 @@ class SQLiteStore(Store):
         partition = partition_of(tenant_id, s.user_id)
         db.execute(
             "INSERT INTO memory_vectors (memory_rowid, partition, embedding, agent_id, run_id, valid_from, "
-            "valid_to) VALUES (?,?,?,?,?,?,?)",
+            "valid_to, facets) VALUES (?,?,?,?,?,?,?,?)",
             (
                 rowid,
                 partition,
@@ -392,6 +393,7 @@ class SQLiteStore(Store):
                 s.run_id or "",
                 mem.valid_from,
                 OPEN_END,
+                facets_blob(mem.facets),
             ),
         )
         self._index(db, rowid, partition, mem.index_text or mem.text, True)
@@ -1053,13 +1055,13 @@ class SQLiteStore(Store):
         db.execute("BEGIN")  # one snapshot for the whole export
         try:
             for r in db.execute(
-                f"SELECT {_rows.columns(MEMORY_FIELDS, 'm.')}, v.embedding "
+                f"SELECT {_rows.columns(MEMORY_FIELDS, 'm.')}, v.embedding, v.facets "
                 "FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
                 "WHERE m.tenant_id = ? ORDER BY m.rowid",
                 (tenant_id,),
             ):
-                memory = _rows.exported("memory", MEMORY_FIELDS, r[:-1], json.loads)
-                yield {**memory, "embedding": base64.b64encode(r[-1]).decode()}
+                memory = _rows.exported("memory", MEMORY_FIELDS, r[:-2], json.loads)
+                yield {**memory, "embedding": base64.b64encode(r[-2]).decode(), "facets": _rows.facets_b64(r[-1])}
             for kind, table, fields in (
                 ("event", "memory_events", EVENT_FIELDS),
                 ("message", "messages", MESSAGE_FIELDS),
@@ -1097,7 +1099,7 @@ class SQLiteStore(Store):
         current = row["valid_to"] is None
         db.execute(
             "INSERT INTO memory_vectors (memory_rowid, partition, embedding, agent_id, run_id, valid_from, "
-            "valid_to) VALUES (?,?,?,?,?,?,?)",
+            "valid_to, facets) VALUES (?,?,?,?,?,?,?,?)",
             (
                 rowid,
                 partition,
@@ -1106,6 +1108,7 @@ class SQLiteStore(Store):
                 row["run_id"] or "",
                 row["valid_from"],
                 OPEN_END if current else row["valid_to"],
+                facets_blob(row.get("facets")),
             ),
         )
         self._index(db, rowid, partition, row.get("index_text") or row["text"], current)

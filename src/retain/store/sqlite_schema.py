@@ -323,6 +323,12 @@ def _m008_rowids_never_reused(db: apsw.Connection, ctx: SchemaContext) -> None:
     )
 
 
+def _m009_facets(db: apsw.Connection, ctx: SchemaContext) -> None:
+    # The sentence vectors of a verbatim user turn (`retain.indexing.facet_texts`), float32 rows; NULL for
+    # none. They live and go with the row's vector, so no trigger needs to know of them.
+    db.execute("ALTER TABLE memory_vectors ADD COLUMN facets BLOB")
+
+
 #: Version -> migration, applied in order; numbers are never reused.
 MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     1: _m001_core,
@@ -333,4 +339,5 @@ MIGRATIONS: dict[int, Callable[[apsw.Connection, SchemaContext], None]] = {
     6: _m006_partition_resets,
     7: _m007_partition_endings,
     8: _m008_rowids_never_reused,
+    9: _m009_facets,
 }

@@ -81,12 +81,17 @@ class Partition:
     #: Whether `rowids` are positions (0..n-1, renumbered when rows are appended or dropped) rather than
     #: the store's own row numbers (kept as they are).
     positional: bool = False
+    #: Facet vectors (one per sentence of a memory of several, see `retain.indexing.facet_texts`) and the
+    #: row each belongs to, in row order; a row scores as its best vector.
+    facets: npt.NDArray[np.float32] | None = None
+    facet_rows: npt.NDArray[np.int64] | None = None
 
     @property
     def nbytes(self) -> int:
         per_row = 16 + (0 if self.ids is None else 80) + (0 if self.expires_at is None else 8)
         per_row += 0 if self.rows_by_id is None else 100
-        return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * per_row)
+        facets = 0 if self.facets is None or self.facet_rows is None else self.facets.nbytes + self.facet_rows.nbytes
+        return int(self.matrix.nbytes + self.rowids.nbytes * 3 + len(self.rowids) * per_row + facets)
 
     def extended(self, extra: Partition) -> Partition:
         """This partition with `extra`'s rows appended (a later version of the same partition, its rows
@@ -108,6 +113,8 @@ class Partition:
             rows_by_id=rows_by_id,
             max_seq=max(self.max_seq, extra.max_seq),
             positional=self.positional,
+            facets=joined_facets(self.facets, extra.facets),
+            facet_rows=joined_facets(self.facet_rows, None if extra.facet_rows is None else extra.facet_rows + n),
         )
 
     def revalidated(self, ends: Sequence[tuple[int, int]]) -> Partition | None:
@@ -149,6 +156,10 @@ class Partition:
     def masked(self, keep: npt.NDArray[np.bool_], valid_to: npt.NDArray[np.int64]) -> Partition:
         """The rows in `keep`, with the validity ends `valid_to` (one per kept row); the rest dropped."""
         ids = None if self.ids is None else self.ids[keep]
+        facets, facet_rows = self.facets, self.facet_rows
+        if facets is not None and facet_rows is not None:
+            kept = keep[facet_rows]
+            facets, facet_rows = facets[kept], (np.cumsum(keep) - 1)[facet_rows[kept]]
         return replace(
             self,
             rowids=np.arange(int(keep.sum()), dtype=np.int64) if self.positional else self.rowids[keep],
@@ -160,7 +171,16 @@ class Partition:
             ids=ids,
             expires_at=None if self.expires_at is None else self.expires_at[keep],
             rows_by_id=None if ids is None or self.rows_by_id is None else {id: r for r, id in enumerate(ids.tolist())},
+            facets=facets,
+            facet_rows=facet_rows,
         )
+
+    def scores(self, query: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Each row's cosine to `query`: its best over the memory's vector and its facets."""
+        out = _scores(self.matrix, query)
+        if self.facets is not None and self.facet_rows is not None and len(self.facet_rows):
+            np.maximum.at(out, self.facet_rows, _scores(self.facets, query))
+        return out
 
     def mask(
         self, agent_id: str | None, run_id: str | None, as_of: int | None, now: int | None = None
@@ -216,6 +236,31 @@ def current_partition(
 def joined(a: npt.NDArray[Any] | None, b: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
     """Two optional columns one after the other (None when either partition lacks the column)."""
     return None if a is None or b is None else np.concatenate([a, b])
+
+
+def joined_facets(a: npt.NDArray[Any] | None, b: npt.NDArray[Any] | None) -> npt.NDArray[Any] | None:
+    """Two partitions' facet columns one after the other (either may have none)."""
+    return b if a is None else a if b is None else np.concatenate([a, b])
+
+
+def facet_columns(
+    blobs: Sequence[bytes | None], dimensions: int
+) -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.int64] | None]:
+    """The facet matrix and owning rows of a partition's rows, from each row's stored facets (None: none)."""
+    held = [(row, blob) for row, blob in enumerate(blobs) if blob]
+    if not held:
+        return None, None
+    matrix = np.frombuffer(b"".join(blob for _, blob in held), dtype=np.float32).reshape(-1, dimensions)
+    counts = [len(blob) // (4 * dimensions) for _, blob in held]
+    rows = np.repeat(np.fromiter((row for row, _ in held), dtype=np.int64, count=len(held)), counts)
+    return matrix, rows
+
+
+def facets_blob(facets: npt.NDArray[np.floating] | None) -> bytes | None:
+    """Facet vectors as stored: float32 rows, each unit length (None for none)."""
+    if facets is None or len(facets) == 0:
+        return None
+    return b"".join(to_blob(v) for v in np.asarray(facets, dtype=np.float32))
 
 
 class VectorCache:
@@ -314,7 +359,8 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
     """
     cacheable = not db.in_transaction
     sql = (
-        "SELECT memory_rowid, agent_id, run_id, valid_from, valid_to, embedding FROM memory_vectors WHERE partition = ?"
+        "SELECT memory_rowid, agent_id, run_id, valid_from, valid_to, embedding, facets FROM memory_vectors "
+        "WHERE partition = ?"
     )
     with db:  # one snapshot for the version and the rows (a savepoint inside a write transaction)
         version, reset, ended = versions_of(db, name)
@@ -336,6 +382,7 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
         else:
             rows = db.execute(sql + " AND memory_rowid > ? ORDER BY memory_rowid", (name, base.max_seq)).fetchall()
     matrix = np.frombuffer(b"".join(r[5] for r in rows), dtype=np.float32).reshape(len(rows), dimensions)
+    facets, facet_rows = facet_columns([r[6] for r in rows], dimensions)
     partition = Partition(
         version=version,
         rowids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
@@ -347,6 +394,8 @@ def load_partition(db: Any, cache: VectorCache, name: str, dimensions: int) -> P
         reset=reset,
         ended=ended,
         max_seq=int(rows[-1][0]) if rows else 0,
+        facets=facets,
+        facet_rows=facet_rows,
     )
     if base is not None:
         partition = base.extended(partition)
@@ -367,10 +416,11 @@ def top_k(
     for partition, mask in zip(partitions, masks, strict=True):
         if mask.all():
             rowids.append(partition.rowids)
-            scores.append(_scores(partition.matrix, query))
+            scores.append(partition.scores(query))
         elif mask.any():
             rowids.append(partition.rowids[mask])
-            scores.append(_scores(partition.matrix[mask], query))
+            faceted = partition.facets is not None
+            scores.append(partition.scores(query)[mask] if faceted else _scores(partition.matrix[mask], query))
     if not rowids:
         return []
     all_rowids = np.concatenate(rowids)
