@@ -265,9 +265,12 @@ class FillSpec:
     user: int
     users: int
     seed: int
+    #: Facet vectors per memory (a verbatim user turn of that many sentences; 0: none, as before facets).
+    facets: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"total": self.total, "user": self.user, "users": self.users, "seed": self.seed}
+        spec = {"total": self.total, "user": self.user, "users": self.users, "seed": self.seed}
+        return spec | ({"facets": self.facets} if self.facets else {})  # older sidecars stay reusable
 
 
 def log(message: str) -> None:
@@ -308,6 +311,7 @@ def fill(store: SQLiteStore, spec: FillSpec, batch_size: int) -> float:
                 valid_from=at,
                 source_message_ids=[],
                 embedding=vector,
+                facets=gen.unit_vectors(spec.facets) if spec.facets else None,
             )
             batch.memories.append(memory)
             batch.events.append(
@@ -544,6 +548,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="keep an existing store filled with the same sizes")
     p.add_argument("--no-breakdown", action="store_true", help="skip the per-stage timings")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--facets", type=int, default=0, help="facet vectors per filled memory (sentence vectors of a user turn)"
+    )
     args = p.parse_args(argv)
     if not 0 < args.user <= args.total or args.users < 2 or args.queries < 1:
         p.error("need 0 < --user <= --total, --users >= 2 and --queries >= 1")
@@ -553,7 +560,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     run_started = time.perf_counter()
-    spec = FillSpec(total=args.total, user=args.user, users=args.users, seed=args.seed)
+    spec = FillSpec(total=args.total, user=args.user, users=args.users, seed=args.seed, facets=args.facets)
     db: Path = args.db
     log(f"load average at start: {load_average()} on {os.cpu_count()} cpus")
 

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from retain.indexing import CONTEXT_CHARS, MAX_FACETS, facet_texts, index_texts, keyword_query, split_facets
+from retain.indexing import (
+    CONTEXT_CHARS,
+    FACET_REDUNDANT,
+    MAX_FACETS,
+    facet_texts,
+    index_texts,
+    keyword_query,
+    split_facets,
+)
 from retain.models import Message
 
 
@@ -59,8 +67,13 @@ def test_a_user_turn_of_several_sentences_is_faceted_by_them() -> None:
     assert len(facet_texts(many, "user")) == MAX_FACETS
 
 
-def test_split_facets_hands_each_turn_its_own_rows() -> None:
-    vectors = np.arange(6, dtype=np.float32).reshape(3, 2)
-    a, none, b = split_facets(vectors, [["x", "y"], [], ["z"]])
+def test_split_facets_hands_each_turn_its_own_rows_without_redundant_ones() -> None:
+    x, y = np.eye(2, dtype=np.float32)
+    vectors = np.array([x, y, (x + y) / np.sqrt(2), y], dtype=np.float32)
+    turns = np.array([y, x, (x + 0.01 * y) / np.linalg.norm(x + 0.01 * y)], dtype=np.float32)
+    a, none, b = split_facets(vectors, [["x", "y"], [], ["z", "w"]], turns)
     assert none is None and a is not None and b is not None
-    assert a.tolist() == [[0, 1], [2, 3]] and b.tolist() == [[4, 5]]
+    assert a.tolist() == [x.tolist()]  # y is its turn's own vector: redundant
+    assert float(vectors[2] @ turns[2]) >= FACET_REDUNDANT
+    assert b.tolist() == [y.tolist()]  # (x + y) / sqrt 2 is that close to its turn: dropped
+    assert split_facets(vectors[:1], [["x"]], np.array([x])) == [None]

@@ -340,7 +340,10 @@ def test_ids_increase_strictly_in_creation_order() -> None:
 
 def test_a_sentence_said_in_passing_finds_its_turn_by_vector(tmp_path: Path) -> None:
     m = Memory(str(tmp_path / "f.db"), HashEmbedder(), settings=Settings(track_access=False))
-    turn = "Can you suggest sauce recipes for the party? By the way, I bought a smoker last week."
+    turn = (
+        "Can you suggest good sauce recipes for a big garden party with friends, family and many neighbours "
+        "tonight? By the way, I bought a smoker last week."
+    )
     (hit, said) = m.add(
         [{"role": "user", "content": turn}, {"role": "assistant", "content": turn}], user_id="u", infer=False
     ).results

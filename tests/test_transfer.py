@@ -73,8 +73,11 @@ def test_malformed_files_fail_before_writing(tmp_path: Path, lines: list[str], m
 
 def test_facets_travel_with_an_export_and_are_rebuilt_for_older_ones(tmp_path: Path) -> None:
     source = Memory(str(tmp_path / "a.db"), HashEmbedder())
+    turn = "We moved to a quiet town near the coast last spring with all our furniture. I adopted a beagle named Rex."
     source.add(
-        [{"role": "user", "content": "We moved last spring. I adopted a beagle named Rex."}], user_id="u", infer=False
+        [{"role": "user", "content": turn}],
+        user_id="u",
+        infer=False,
     )
     buffer = io.StringIO()
     export_jsonl(source, buffer)

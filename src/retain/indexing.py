@@ -63,6 +63,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 FACET_MIN_WORDS = 3
 #: At most this many facets a turn: bounds the vectors a long turn adds.
 MAX_FACETS = 8
+#: A facet this close (cosine) to its turn's vector adds little; it is not stored (see `split_facets`).
+FACET_REDUNDANT = 0.7
 
 
 def turn_line(content: str, name: str | None) -> str:
@@ -78,13 +80,21 @@ def facet_texts(content: str, role: str | None) -> list[str]:
     return sentences[:MAX_FACETS] if len(sentences) > 1 else []
 
 
-def split_facets(vectors: npt.NDArray[np.float32], sentences: Sequence[Sequence[str]]) -> list[Any | None]:
-    """The facet vectors of each turn, from the vectors of all turns' `sentences` in order (None: no facets)."""
+def split_facets(
+    vectors: npt.NDArray[np.float32], sentences: Sequence[Sequence[str]], turns: npt.NDArray[np.float32]
+) -> list[Any | None]:
+    """The facet vectors of each turn, from the vectors of all turns' `sentences` in order (None: none).
+
+    A facet within cosine `FACET_REDUNDANT` of its turn's own vector (`turns`, one row per turn) is dropped:
+    it would score about as the turn does, and every facet costs search time.
+    """
     out: list[Any | None] = []
     start = 0
-    for own in sentences:
-        out.append(np.asarray(vectors[start : start + len(own)], dtype=np.float32) if own else None)
+    for own, turn in zip(sentences, turns, strict=True):
+        block = np.asarray(vectors[start : start + len(own)], dtype=np.float32)
         start += len(own)
+        block = block[block @ np.asarray(turn, dtype=np.float32) < FACET_REDUNDANT]
+        out.append(block if len(block) else None)
     return out
 
 

@@ -245,7 +245,7 @@ class Memory:
         sentences = facet_texts(new_text, role if isinstance(role, str) else None)
         if new_text == old.memory:
             vector = self.store.vectors(self.tenant_id, [id])[id]
-            facets = self._embed_turns([], [sentences])[1][0]
+            facets = self._embed_turns([], [sentences], np.asarray([vector]))[1][0]
         else:
             (vector,), (facets,) = self._embed_turns([new_text], [sentences])
         now = now_micros()
@@ -676,13 +676,17 @@ class Memory:
             created_at=at,
         )
 
-    def _embed_turns(self, texts: list[str], sentences: list[list[str]]) -> tuple[Vectors, list[Vector | None]]:
-        """The vectors of `texts`, and of each turn's facet `sentences` (None for none), in one embedder call."""
+    def _embed_turns(
+        self, texts: list[str], sentences: list[list[str]], known: Vectors | None = None
+    ) -> tuple[Vectors, list[Vector | None]]:
+        """The vectors of `texts` (or the `known` ones, given no texts), and of each turn's facet `sentences`
+        (None for none), in one embedder call."""
         flat = [s for own in sentences for s in own]
         if not texts and not flat:
             return np.zeros((0, self.embedder.dimensions), dtype=np.float32), [None] * len(sentences)
         embedded = offload(self.embedder.embed, [*texts, *flat])
-        return embedded[: len(texts)], split_facets(embedded[len(texts) :], sentences)
+        turns = embedded[: len(texts)] if known is None else known
+        return turns, split_facets(embedded[len(texts) :], sentences, turns)
 
     @staticmethod
     def _new_memory(

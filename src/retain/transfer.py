@@ -164,7 +164,7 @@ def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int],
             vectors = memory.embedder.embed(texts)
             reembedded += len(texts)
         memories = [r for r in batch if isinstance(r, MemoryRow)]
-        facets = dict(zip((r.id for r in memories), _facets(memory, memories, same_space), strict=True))
+        facets = dict(zip((r.id for r in memories), _facets(memory, memories, vectors, same_space), strict=True))
         dumped = [r.model_dump() | ({"facets": facets[r.id]} if isinstance(r, MemoryRow) else {}) for r in batch]
         memory.store.import_rows(memory.tenant_id, dumped, vectors)
         imported += len(batch)
@@ -173,7 +173,7 @@ def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int],
     return {"imported": imported, "skipped": len(rows) - len(kept), "reembedded": reembedded}
 
 
-def _facets(memory: Memory, rows: list[MemoryRow], same_space: bool) -> list[Any]:
+def _facets(memory: Memory, rows: list[MemoryRow], vectors: Any, same_space: bool) -> list[Any]:
     """Each row's facet vectors: as exported in the same embedding space, else embedded again from its
     sentences (`retain.indexing.facet_texts`; exports from before facets existed get them too)."""
     dims = memory.embedder.dimensions
@@ -184,7 +184,8 @@ def _facets(memory: Memory, rows: list[MemoryRow], same_space: bool) -> list[Any
         ]
     sentences = [_facet_sentences(r) for r in rows]
     flat = [s for own in sentences for s in own]
-    return split_facets(memory.embedder.embed(flat) if flat else np.zeros((0, dims), np.float32), sentences)
+    embedded = memory.embedder.embed(flat) if flat else np.zeros((0, dims), np.float32)
+    return split_facets(embedded, sentences, vectors)
 
 
 def _facet_sentences(row: MemoryRow) -> list[str]:
