@@ -147,9 +147,10 @@ ENDED_LOG_MAX = 256
 #: What a cached partition of each kind is read from, in one statement (one snapshot): the versions and
 #: `seq`, then the loader's columns of each of the user's rows (`{versions}`, then (tenant, user)).
 _LOAD_SQL = {
-    # The user's current memories with their vectors: an index-only scan of memories_current_vectors
-    # (measured at 10k per user: 143 ms, against 319 ms reading the heap and the TOASTed vectors;
-    # 65 ms with binary results, which the loads ask for).
+    # The user's current memories with their vectors and facets: memories_current_vectors carries the
+    # vectors (an index-only scan of it measured 143 ms at 10k per user, against 319 ms reading the heap and
+    # the TOASTed vectors; 65 ms with binary results, which the loads ask for), but the facets (migration
+    # 6) are read from the rows, so the scan visits the heap too.
     "vectors": "m.id, m.expires_at, vector_send(m.embedding), m.facets FROM ({versions}) v "
     "LEFT JOIN memories m ON m.tenant_id = %s AND m.user_id = %s AND m.valid_to IS NULL",
     # Every version of the user's memories (N in BM25 counts them all) with lexemes and their counts,

@@ -31,6 +31,11 @@ cached copy applies the log (`Partition.with_ended`). After any other change
 SQLite reads the partition again and PostgreSQL reads which memories remain
 (`Partition.restricted`).
 
+A verbatim user turn may carry facets, the vectors of its sentences
+(`retain.indexing.facet_texts`): a partition holds them beside its rows and a
+row scores as its best vector (`Partition.scores`). `similarity` and
+PostgreSQL's `as_of` searches (in SQL) use each memory's own vector only.
+
 The cache's lock guards only the dictionary: partitions are read from the
 database outside it and swapped in under it, so no thread (or greenlet) ever
 holds it across I/O.
