@@ -358,3 +358,17 @@ def test_a_sentence_said_in_passing_finds_its_turn_by_vector(tmp_path: Path) -> 
     fact = m.embedder.embed(["It smokes ribs well."])[0]
     assert m.store.vector_search(scope, fact, 1, None, None, 0)[0].score == pytest.approx(1.0, abs=1e-5)
     m.close()
+
+
+def test_facets_can_be_turned_off(tmp_path: Path) -> None:
+    settings = Settings(track_access=False, index_facets=False)
+    m = Memory(str(tmp_path / "nf.db"), HashEmbedder(), settings=settings)
+    turn = (
+        "Can you suggest good sauce recipes for a big garden party with friends, family and many neighbours "
+        "tonight? By the way, I bought a smoker last week."
+    )
+    (hit,) = m.add([{"role": "user", "content": turn}], user_id="u", infer=False).results
+    query = m.embedder.embed(["By the way, I bought a smoker last week."])[0]
+    (found,) = m.store.vector_search(m._scope("u", None, None), query, 1, None, None, 0)
+    assert found.id == hit.id and found.score < 0.95  # the turn's own vector only
+    m.close()

@@ -20,10 +20,12 @@ def test_env_values_are_cast_strictly() -> None:
             "RETAIN_STORE": "sqlite:///x.db",
             "RETAIN_MAX_MESSAGE_CHARS": "10",
             "RETAIN_TRACK_ACCESS": "false",
+            "RETAIN_INDEX_FACETS": "0",
             "RETAIN_CATEGORIES": "a, b",
         }
     )
     assert (s.store, s.max_message_chars, s.track_access, s.categories) == ("sqlite:///x.db", 10, False, ("a", "b"))
+    assert (s.index_facets, Settings().index_facets) == (False, True)
 
 
 def test_retrieval_settings_from_env() -> None:

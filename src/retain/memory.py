@@ -200,7 +200,7 @@ class Memory:
         turns = self.settings.index_context_turns
         indexed = index_texts(parsed, self._conversation_before(scope, observed, turns), turns)
         vectors, facets = self._embed_turns(
-            [turn_line(m.content, m.name) for m in parsed], [facet_texts(m.content, m.role) for m in parsed]
+            [turn_line(m.content, m.name) for m in parsed], [self._facet_texts(m.content, m.role) for m in parsed]
         )
         batch = WriteBatch(at=now_micros())
         results: list[MemoryEvent] = []
@@ -242,7 +242,7 @@ class Memory:
         )
         new_meta = old.metadata if metadata is None else check_metadata(metadata)
         role = new_meta.get("role")
-        sentences = facet_texts(new_text, role if isinstance(role, str) else None)
+        sentences = self._facet_texts(new_text, role if isinstance(role, str) else None)
         if new_text == old.memory:
             vector = self.store.vectors(self.tenant_id, [id])[id]
             facets = self._embed_turns([], [sentences], np.asarray([vector]))[1][0]
@@ -675,6 +675,10 @@ class Memory:
             metadata=message.metadata,
             created_at=at,
         )
+
+    def _facet_texts(self, content: str, role: str | None) -> list[str]:
+        """The sentences a verbatim turn is faceted by, when the settings index facets."""
+        return facet_texts(content, role) if self.settings.index_facets else []
 
     def _embed_turns(
         self, texts: list[str], sentences: list[list[str]], known: Vectors | None = None

@@ -62,6 +62,9 @@ class Settings:
     max_request_bytes: int = 4 * 1024 * 1024
     #: Earlier turns of the same conversation indexed with a verbatim memory (0: the turn alone).
     index_context_turns: int = 2
+    #: Embed each sentence of a verbatim user turn too (`retain.indexing.facet_texts`); off halves the
+    #: embedding work of ingesting chat turns, at a cost in recall (see BENCHMARKS.md).
+    index_facets: bool = True
     #: Turns further apart than this belong to different conversations (no shared context, no neighbours).
     conversation_gap_seconds: float = 1800.0
     #: Weight of a keyword (BM25) rank against a vector rank in reciprocal-rank fusion.
@@ -160,6 +163,7 @@ _PARSED: dict[str, tuple[str, _Parser]] = {
     "RETAIN_RATE_LIMIT": ("rate_limit_per_minute", _ranged(int, 0, low_open=True)),
     "RETAIN_MAX_REQUEST_BYTES": ("max_request_bytes", _ranged(int, 0, low_open=True)),
     "RETAIN_INDEX_CONTEXT_TURNS": ("index_context_turns", _ranged(int, 0)),
+    "RETAIN_INDEX_FACETS": ("index_facets", _bool),
     "RETAIN_NEIGHBOUR_WEIGHT": ("neighbour_weight", _ranged(float, 0, 1)),
     "RETAIN_NEIGHBOUR_WEIGHT_2": ("neighbour_weight_2", _ranged(float, 0, 1)),
     "RETAIN_KEYWORD_WEIGHT": ("keyword_weight", _ranged(float, 0, low_open=True)),

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import InvalidInputError
-from .indexing import embedding_text, facet_texts, split_facets
+from .indexing import embedding_text, split_facets
 from .memory import Memory
 from .models import Role
 
@@ -182,16 +182,16 @@ def _facets(memory: Memory, rows: list[MemoryRow], vectors: Any, same_space: boo
             None if r.facets is None else np.frombuffer(base64.b64decode(r.facets), dtype=np.float32).reshape(-1, dims)
             for r in rows
         ]
-    sentences = [_facet_sentences(r) for r in rows]
+    sentences = [_facet_sentences(memory, r) for r in rows]
     flat = [s for own in sentences for s in own]
     embedded = memory.embedder.embed(flat) if flat else np.zeros((0, dims), np.float32)
     return split_facets(embedded, sentences, vectors)
 
 
-def _facet_sentences(row: MemoryRow) -> list[str]:
+def _facet_sentences(memory: Memory, row: MemoryRow) -> list[str]:
     """The sentences a stored turn is faceted by, as `Memory.add(infer=False)` chose them (by its role)."""
     role = row.metadata.get("role")
-    return facet_texts(row.text, role if isinstance(role, str) else None)
+    return memory._facet_texts(row.text, role if isinstance(role, str) else None)
 
 
 def _batches(rows: list[_Row], size: int) -> Iterator[list[_Row]]:
