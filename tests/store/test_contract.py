@@ -412,6 +412,10 @@ def test_a_memory_scores_as_its_best_facet_through_cache_appends_endings_purges_
     facets = np.frombuffer(base64.b64decode(exported[0]["facets"]), dtype=np.float32).reshape(-1, DIM)
     writer.import_rows("t1", [exported[0] | {"facets": facets}], np.array([unit(1)]))
     assert found(reader) == [("a", cos)]
+    damaged = exported[0] | {"id": "cut", "lineage_id": "cut", "facets": facets[:, :3]}  # rows cut short
+    writer.import_rows("t1", [damaged], np.array([unit(1)]))
+    assert [p for p in writer.check_integrity() if p.startswith("facets")] == ["facets of the wrong size: cut"]
+    assert [id for id, _ in found(make_store())] == ["a", "cut"]  # searches go on, on the memory's own vector
 
 
 def test_a_cache_brought_up_to_date_answers_like_a_fresh_one(make_store: StoreFactory) -> None:

@@ -1328,6 +1328,8 @@ class PostgresStore(Store):
             "AND NOT EXISTS (SELECT 1 FROM memories n WHERE n.id = m.superseded_by)",
             "vector of the wrong size": "SELECT m.id FROM memories m "
             f"WHERE vector_dims(m.embedding) != {self.dimensions}",
+            "facets of the wrong size": "SELECT m.id FROM memories m WHERE m.facets IS NOT NULL "
+            f"AND (octet_length(m.facets) = 0 OR mod(octet_length(m.facets), {4 * self.dimensions}) != 0)",
             "current memory marked superseded": "SELECT m.id FROM memories m "
             "WHERE m.valid_to IS NULL AND m.superseded_by IS NOT NULL",
         }

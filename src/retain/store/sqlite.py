@@ -1134,6 +1134,8 @@ class SQLiteStore(Store):
             "AND NOT EXISTS (SELECT 1 FROM memories n WHERE n.id = m.superseded_by)",
             "vector validity differs from memory": "SELECT m.id FROM memories m JOIN memory_vectors v "
             f"ON v.memory_rowid = m.rowid WHERE v.valid_to != coalesce(m.valid_to, {OPEN_END})",
+            "facets of the wrong size": "SELECT m.id FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+            f"WHERE v.facets IS NOT NULL AND (length(v.facets) = 0 OR length(v.facets) % {4 * self.dimensions} != 0)",
         }
         for label, sql in checks.items():
             problems += [f"{label}: {r[0]}" for r in db.execute(sql)]

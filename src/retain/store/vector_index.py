@@ -251,12 +251,16 @@ def joined_facets(a: npt.NDArray[Any] | None, b: npt.NDArray[Any] | None) -> npt
 def facet_columns(
     blobs: Sequence[bytes | None], dimensions: int
 ) -> tuple[npt.NDArray[np.float32] | None, npt.NDArray[np.int64] | None]:
-    """The facet matrix and owning rows of a partition's rows, from each row's stored facets (None: none)."""
-    held = [(row, blob) for row, blob in enumerate(blobs) if blob]
+    """The facet matrix and owning rows of a partition's rows, from each row's stored facets (None: none).
+
+    Facets of the wrong size (a damaged row, which `check_integrity` reports) are left out, so the
+    user's searches go on with that memory's own vector."""
+    stride = 4 * dimensions
+    held = [(row, blob) for row, blob in enumerate(blobs) if blob and len(blob) % stride == 0]
     if not held:
         return None, None
     matrix = np.frombuffer(b"".join(blob for _, blob in held), dtype=np.float32).reshape(-1, dimensions)
-    counts = [len(blob) // (4 * dimensions) for _, blob in held]
+    counts = [len(blob) // stride for _, blob in held]
     rows = np.repeat(np.fromiter((row for row, _ in held), dtype=np.int64, count=len(held)), counts)
     return matrix, rows
 
