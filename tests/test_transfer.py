@@ -90,3 +90,25 @@ def test_facets_travel_with_an_export_and_are_rebuilt_for_older_ones(tmp_path: P
         (best,) = target.store.vector_search(target._scope("u", None, None), query, 1, None, None, 0)
         assert best.score == pytest.approx(1.0, abs=1e-5), name
         assert _snapshot(target) == _snapshot(source), name
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"facets": "not base64!"}, "facets: Value error, not base64"),
+        ({"facets": "AAAA"}, "facets: Value error, not float32 values"),
+        ({"facets": "AAAAAAAAAAA="}, "the facets are not rows of 64 dimensions"),
+        ({"embedding": "AAAAAAAAAAA="}, "the embedding does not have 64 dimensions"),
+    ],
+)
+def test_damaged_vectors_fail_the_import_before_writing(tmp_path: Path, change: dict, match: str) -> None:  # type: ignore[type-arg]
+    source = _populated(tmp_path / "a.db")
+    buffer = io.StringIO()
+    export_jsonl(source, buffer)
+    lines = buffer.getvalue().splitlines()
+    first = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "memory")
+    lines[first] = json.dumps(json.loads(lines[first]) | change)
+    target = Memory(str(tmp_path / "b.db"), HashEmbedder())
+    with pytest.raises(InvalidInputError, match=match):
+        import_jsonl(target, lines)
+    assert target.store.counts()["memories"] == 0  # type: ignore[attr-defined]

@@ -11,12 +11,13 @@ skipped together with their history, so importing twice is harmless.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, TextIO
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import InvalidInputError
 from .indexing import embedding_text, split_facets
@@ -58,6 +59,19 @@ class MemoryRow(_Row):
     index_text: str | None = None
     #: The sentence vectors of a verbatim user turn, float32 rows in base64 (absent in older exports).
     facets: str | None = None
+
+    @field_validator("embedding", "facets")
+    @classmethod
+    def _float32_values(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64") from None
+        if not raw or len(raw) % 4:
+            raise ValueError("not float32 values")
+        return value
 
 
 class EventRow(_Row):
@@ -142,6 +156,8 @@ def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int],
     same_space = header.get("embedder") == memory.embedder.model_id and header.get("dimensions") == (
         memory.embedder.dimensions
     )
+    if same_space:
+        _check_dimensions([r for r in rows if isinstance(r, MemoryRow)], memory.embedder.dimensions)
     memory_ids = [r.id for r in rows if isinstance(r, MemoryRow)]
     existing = set()
     for start in range(0, len(memory_ids), BATCH_ROWS):
@@ -171,6 +187,15 @@ def import_jsonl(memory: Memory, lines: Iterable[str], progress: Callable[[int],
         if progress is not None:
             progress(len(batch))
     return {"imported": imported, "skipped": len(rows) - len(kept), "reembedded": reembedded}
+
+
+def _check_dimensions(rows: list[MemoryRow], dims: int) -> None:
+    """Every stored vector of `rows` has `dims` float32 values (before anything is written)."""
+    for r in rows:
+        if len(base64.b64decode(r.embedding)) != 4 * dims:
+            raise InvalidInputError(f"memory {r.id}: the embedding does not have {dims} dimensions.")
+        if r.facets is not None and len(base64.b64decode(r.facets)) % (4 * dims):
+            raise InvalidInputError(f"memory {r.id}: the facets are not rows of {dims} dimensions.")
 
 
 def _facets(memory: Memory, rows: list[MemoryRow], vectors: Any, same_space: bool) -> list[Any]:
