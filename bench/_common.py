@@ -17,6 +17,7 @@ What lives here:
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -256,6 +257,24 @@ SEARCH_SETTINGS = (
     "conversation_gap_seconds",
     "role_prior",
 )
+
+
+def add_retrieval_args(parser: argparse.ArgumentParser) -> None:
+    """The options every recall harness shares: the embedder, its cache, and search variants."""
+    parser.add_argument("--embedder", default="local:minilm")
+    parser.add_argument(
+        "--embed-cache",
+        default=None,
+        metavar="PATH",
+        help="sqlite cache of embeddings (ingest timings then are not real; the output says so)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also score Memory.search with search settings changed, e.g. 'mmr:mmr_lambda=0.8' (repeatable)",
+    )
 
 
 @dataclass(frozen=True)

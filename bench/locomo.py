@@ -43,6 +43,7 @@ from _common import (
     SHARED_DATA,
     TokenCounter,
     Variant,
+    add_retrieval_args,
     cache_stats,
     emit,
     load_json,
@@ -251,20 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("raw", "facts"), default="raw")
     parser.add_argument("--k", default="1,5,10,25", help="comma-separated cut-offs (default: %(default)s)")
     parser.add_argument("--limit-conversations", type=int, default=None, metavar="N")
-    parser.add_argument("--embedder", default="local:minilm")
-    parser.add_argument(
-        "--embed-cache",
-        default=None,
-        metavar="PATH",
-        help="sqlite cache of embeddings (ingest timings then are not real; the output says so)",
-    )
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="also score Memory.search with search settings changed, e.g. 'mmr:mmr_lambda=0.8' (repeatable)",
-    )
+    add_retrieval_args(parser)
     parser.add_argument("--facts-batch", type=int, default=8, help="turns per add(infer=True) call in facts mode")
     parser.add_argument(
         "--shared-store",

@@ -52,6 +52,7 @@ from _common import (
     SHARED_DATA,
     TokenCounter,
     Variant,
+    add_retrieval_args,
     all_at,
     any_at,
     cache_stats,
@@ -256,20 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="processes, one question each at a time (1 onnxruntime thread per process)",
     )
-    parser.add_argument("--embedder", default="local:minilm")
-    parser.add_argument(
-        "--embed-cache",
-        default=None,
-        metavar="PATH",
-        help="sqlite cache of embeddings (ingest timings then are not real; the output says so)",
-    )
-    parser.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="also score Memory.search with search settings changed, e.g. 'mmr:mmr_lambda=0.8' (repeatable)",
-    )
+    add_retrieval_args(parser)
     parser.add_argument("--json-out", default=None, metavar="PATH", help="write the full results JSON here")
     args = parser.parse_args(argv)
 

@@ -20,8 +20,8 @@ request, so "what kitchen appliance did I buy?" misses it. Each sentence of a
 user turn of several is therefore embedded too, as a facet, and the turn
 scores as its best vector (`facet_texts`, `store.vector_index`). On
 LongMemEval that took dense-only turn recall@10 from 0.70 to 0.88. Assistant
-turns get none: they run to ~17 sentences each, which multiplied the
-embedding work at ingest ~8 times (see BENCHMARKS.md).
+turns get none: they run to ~17 sentences each (LongMemEval's dev split has
+425k sentences in assistant turns against 71k in user turns; see BENCHMARKS.md).
 
 Keyword search drops English stopwords from the query: BM25 gives them little
 weight anyway, but each one costs a posting-list scan, and question words

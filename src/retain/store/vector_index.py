@@ -180,12 +180,16 @@ class Partition:
             facet_rows=facet_rows,
         )
 
-    def scores(self, query: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Each row's cosine to `query`: its best over the memory's vector and its facets."""
+    def scores(
+        self, query: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_] | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Each row's cosine to `query` (of the rows in `mask`, when given): its best over the memory's vector
+        and its facets."""
+        if self.facets is None or self.facet_rows is None:
+            return _scores(self.matrix if mask is None else self.matrix[mask], query)
         out = _scores(self.matrix, query)
-        if self.facets is not None and self.facet_rows is not None and len(self.facet_rows):
-            np.maximum.at(out, self.facet_rows, _scores(self.facets, query))
-        return out
+        np.maximum.at(out, self.facet_rows, _scores(self.facets, query))
+        return out if mask is None else out[mask]
 
     def mask(
         self, agent_id: str | None, run_id: str | None, as_of: int | None, now: int | None = None
@@ -428,8 +432,7 @@ def top_k(
             scores.append(partition.scores(query))
         elif mask.any():
             rowids.append(partition.rowids[mask])
-            faceted = partition.facets is not None
-            scores.append(partition.scores(query)[mask] if faceted else _scores(partition.matrix[mask], query))
+            scores.append(partition.scores(query, mask))
     if not rowids:
         return []
     all_rowids = np.concatenate(rowids)
