@@ -293,6 +293,33 @@ def test_a_query_naming_a_speaker_prefers_that_speakers_turns(tmp_path: Path) ->
                 assert hits[0].score < hits[1].score * 1.5
 
 
+class _QuerySpy(HashEmbedder):
+    """Records the texts embedded one at a time (the queries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[str] = []
+
+    def embed(self, texts):  # type: ignore[no-untyped-def]
+        if len(texts) == 1:
+            self.queries.append(texts[0])
+        return super().embed(texts)
+
+
+def test_a_speaker_the_query_names_is_left_to_the_boost_and_the_rest_matched_by_content(tmp_path: Path) -> None:
+    turns = [{"content": "My sister adopted a kitten", "name": "Bob"}, {"content": "Hi Bob, Bob!", "name": "Ann"}]
+    for boost, embedded in ((1.0, "what did sister adopt"), (0.0, "what did Bob's sister adopt")):
+        spy = _QuerySpy()
+        settings = Settings(track_access=False, index_context_turns=0, speaker_boost=boost)
+        with Memory(str(tmp_path / f"n{boost}.db"), spy, settings=settings) as m:
+            m.add(turns, user_id="u", infer=False)
+            hits = m.search("what did Bob's sister adopt", user_id="u", limit=2).results
+            assert spy.queries == [embedded]
+            assert hits[0].memory == "My sister adopted a kitten"
+            m.search("what did Zed adopt", user_id="u", limit=2)  # not a speaker: kept
+            assert spy.queries[-1] == "what did Zed adopt"
+
+
 def test_a_date_in_the_query_prefers_memories_of_that_time_counted_from_at(tmp_path: Path) -> None:
     asked = datetime(2023, 3, 25, 18, 0)
     for boost in (1.0, 0.0):

@@ -10,7 +10,9 @@ from retain.ranking import (
     diversify,
     fuse,
     lift_neighbours,
+    named_speakers,
     prefer_role,
+    without_speakers,
 )
 from retain.store.base import Origin
 
@@ -82,9 +84,25 @@ def test_keyword_weight_lets_a_keyword_first_beat_a_vector_first() -> None:
 def test_turns_of_a_speaker_the_query_names_are_boosted() -> None:
     fused = [_f("mel", 1.0), _f("caro", 0.6), _f("none", 0.55)]
     origins = {"mel": Origin(0, "user", "Mel"), "caro": Origin(0, "user", "Caroline"), "none": Origin(0, None, None)}
-    out = boost_speakers("What did caroline research?", fused, origins, 1.0)
+    out = boost_speakers(fused, origins, frozenset({"Caroline"}), 1.0)
     assert [(f.id, f.score) for f in out] == [("caro", 1.2), ("mel", 1.0), ("none", 0.55)]
-    assert boost_speakers("What did Carol research?", fused, origins, 1.0) == fused  # whole names only
+    assert boost_speakers(fused, origins, frozenset(), 1.0) == fused
+
+
+def test_speakers_are_named_as_whole_words_in_any_case() -> None:
+    speakers = {"Mel", "Caroline", "Mary Ann"}
+    assert named_speakers("What did caroline and MEL research?", speakers) == {"Caroline", "Mel"}
+    assert named_speakers("What did Carol research? Melons?", speakers) == frozenset()
+    assert named_speakers("Where does Mary Ann live?", speakers) == {"Mary Ann"}
+
+
+def test_named_speakers_are_taken_out_of_what_the_query_asks() -> None:
+    named = frozenset({"Melanie", "Caroline", "Mel"})
+    assert without_speakers("What do Melanie's kids like?", named) == "What do kids like?"
+    assert without_speakers("Did melanie’s and Caroline's paintings sell?", named) == "Did and paintings sell?"
+    assert without_speakers("Where is Mel going?", named) == "Where is going?"
+    assert without_speakers("Melanie?", named) == "Melanie?"  # nothing else left: the query as it is
+    assert without_speakers("What do Melanie's kids like?", frozenset()) == "What do Melanie's kids like?"
 
 
 def test_memories_in_a_named_window_are_boosted() -> None:

@@ -64,7 +64,9 @@ from .ranking import (
     diversify,
     fuse,
     lift_neighbours,
+    named_speakers,
     prefer_role,
+    without_speakers,
 )
 from .sessions import Session
 from .settings import Settings
@@ -370,15 +372,20 @@ class Memory:
     ) -> list[tuple[Fused, MemoryRecord, float]]:
         """Hybrid retrieval: vector KNN and BM25 in scope, fused by reciprocal rank."""
         now = now_micros()
-        vector = self._embed_query(query)
+        st = self.settings
         # One snapshot of the user's index for every stage; keyword search first, since its round trip
         # (the query's lexemes on PostgreSQL) also reads the version the others then use.
         with self.store.snapshot():
             pool = max(CANDIDATE_POOL, 2 * limit)
             sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
+            # Speakers the query names are left to the speaker boost; both signals match what it asks about.
+            named = named_speakers(query, self.store.speakers(scope)) if st.speaker_boost > 0 else frozenset()
+            content = without_speakers(query, named)
+            if content != query:
+                sparse = self.store.keyword_search(scope, keyword_query(content), pool, where, as_of, now)
+            vector = self._embed_query(content)
             dense = self.store.vector_search(scope, vector, pool, where, as_of, now)
-            fused = fuse(dense, sparse, keyword_weight=self.settings.keyword_weight)
-            st = self.settings
+            fused = fuse(dense, sparse, keyword_weight=st.keyword_weight)
             weights = st.neighbour_weights
             if max(weights) > 0:
                 gap = int(st.conversation_gap_seconds * 1_000_000)
@@ -387,13 +394,13 @@ class Memory:
                 # With filters or as_of a neighbour may fall outside them, so only candidates are lifted.
                 fused = lift_neighbours(fused, adjacent, weights, new_ok=where is None and as_of is None)
             windows = query_windows(query, from_micros(now if asked is None else asked)) if st.time_boost > 0 else []
-            if st.speaker_boost > 0 or st.role_prior > 0 or windows:
+            if named or st.role_prior > 0 or windows:
                 # Priors on who spoke and when: they scale scores by a few times at most, so only the head can
                 # reach the results.
                 head = fused[: max(PRIOR_POOL, 2 * limit)]
                 origins = self.store.origins(self.tenant_id, [f.id for f in head])
-                if st.speaker_boost > 0:
-                    head = boost_speakers(query, head, origins, st.speaker_boost)
+                if named:
+                    head = boost_speakers(head, origins, named, st.speaker_boost)
                 if windows:
                     spans = [(to_micros(start), to_micros(end)) for start, end in windows]
                     head = boost_in_windows(head, origins, spans, st.time_boost)

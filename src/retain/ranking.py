@@ -23,7 +23,7 @@ aggregation and per-session diversity were measured and lost (BENCHMARKS.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,19 +113,41 @@ def diversify(fused: list[Fused], vectors: dict[str, Vector], weight: float) -> 
     return [ranked[i] for i in order] + [f for f in fused if f.id not in chosen]
 
 
-def boost_speakers(query: str, fused: list[Fused], origins: dict[str, Origin], boost: float) -> list[Fused]:
-    """Raise by `boost` (x (1 + boost)) the turns spoken by someone the query names.
+def named_speakers(query: str, speakers: Iterable[str]) -> frozenset[str]:
+    """The speakers (the `name`s verbatim turns were added with) the query names, as whole words in any case."""
+    lowered = query.casefold()
+    return frozenset(
+        name
+        for name in speakers
+        if name.casefold() in lowered and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", query, re.I)
+    )
+
+
+def without_speakers(query: str, named: Iterable[str]) -> str:
+    """The query with the speakers it names (and their possessive 's) taken out: what it asks about.
+
+    Who said it is `boost_speakers`' part. A name in the query pulls its vector toward every turn embedded
+    with that name, whatever the turn says (LoCoMo dev, the vector ranking alone: evidence recall@25 0.63
+    with the names, 0.68 without). The query itself when nothing else is left.
+    """
+    out = query
+    for name in sorted(named, key=len, reverse=True):
+        out = re.sub(rf"(?<!\w){re.escape(name)}(?:['’]s)?(?!\w)", " ", out, flags=re.I)
+    out = " ".join(out.split())
+    return out if re.search(r"\w", out) else query
+
+
+def boost_speakers(fused: list[Fused], origins: dict[str, Origin], named: frozenset[str], boost: float) -> list[Fused]:
+    """Raise by `boost` (x (1 + boost)) the turns spoken by someone the query names (`named_speakers`).
 
     "What did Caroline research?" is mostly answered by Caroline's own turns. The speaker is
     the `name` a verbatim turn was added with; queries naming nobody are left as they are.
     """
-    names = {o.name for o in origins.values() if o.name}
-    mentioned = {n for n in names if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", query, re.I)}
-    if not mentioned:
+    if not named:
         return fused
     out = [
         Fused(f.id, f.score * (1.0 + boost), f.vector, f.keyword, f.bm25)
-        if f.id in origins and origins[f.id].name in mentioned
+        if f.id in origins and origins[f.id].name in named
         else f
         for f in fused
     ]

@@ -236,6 +236,28 @@ def test_origins_follow_changes_made_through_another_instance(make_store: StoreF
     assert reader.origins("t1", ["b", "a2"]) == {"b": Origin(8, None, "Di"), "a2": Origin(9, "assistant", "Cy")}
 
 
+def test_speakers_are_the_names_of_the_current_turns_in_scope(make_store: StoreFactory) -> None:
+    """Answered from a user's cached rows once a search cached them, and kept current through another
+    instance's update and purge; an agent's scope spans its users; never across tenants."""
+    reader, writer = make_store(), make_store()
+
+    def turn(id: str, name: Any, s: Scope | None = None) -> NewMemory:
+        return new_memory(id, f"tea {id}", unit(1), s, metadata={"role": "user", "name": name})
+
+    add(writer, turn("a", "Ann"), turn("b", "Bo"), turn("c", 7), new_memory("d", "tea d", unit(1)))
+    add(writer, turn("e", "Cy", scope("u2", agent="ag")), turn("f", "Flo", scope("u1", agent="ag")))
+    add(writer, turn("g", "Di", scope(tenant="t2")), tenant="t2")
+    assert reader.speakers(scope()) == {"Ann", "Bo", "Flo"}
+    assert ids_of(reader.keyword_search(scope(), "tea", 10, None, None, 100))  # the user's rows now cached
+    assert reader.speakers(scope()) == {"Ann", "Bo", "Flo"}
+    update(writer, "a", turn("a2", "Eve"), at=20)
+    writer.purge_lineage("t1", "b")
+    assert reader.speakers(scope()) == {"Eve", "Flo"}
+    assert reader.speakers(scope(None, agent="ag")) == {"Cy", "Flo"}
+    assert reader.speakers(scope("u2")) == {"Cy"}
+    assert reader.speakers(scope(tenant="t2")) == {"Di"} and reader.speakers(scope(tenant="t3")) == frozenset()
+
+
 def test_list_memories_pages_newest_first_within_the_scope(store: Store) -> None:
     for i in range(5):
         add(store, new_memory(f"m{i}", f"fact {i}", unit(1, i)), at=10 + i)

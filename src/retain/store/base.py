@@ -228,6 +228,12 @@ class Store(ABC):
         """BM25 matches in scope; score is the BM25 relevance (higher is better)."""
 
     @abstractmethod
+    def speakers(self, scope: Scope) -> frozenset[str]:
+        """The names (metadata `name`) the current verbatim turns in scope were added with. For a scope with
+        a user, those of all of the user's turns, from the rows its keyword search caches; scopes across
+        users ask SQL."""
+
+    @abstractmethod
     def adjacent(
         self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
     ) -> dict[str, list[tuple[str, int]]]:

@@ -332,6 +332,12 @@ class UserPostings(Postings):
         )
 
     @cached_property
+    def speakers(self) -> frozenset[str]:
+        """The names the current rows were spoken by."""
+        assert self.names is not None
+        return frozenset(name for name in self.names[self.valid_to == OPEN_END].tolist() if name)
+
+    @cached_property
     def _seq_order(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """The current rows in `seq` order, and each current row's place in it (-1 for the others)."""
         assert self.seqs is not None
