@@ -64,8 +64,9 @@ SETUP_DIFFERENCES = [
     "store: Retain = one SQLite file (WAL; exact KNN and BM25 in numpy over the user's cached vectors and "
     "keyword postings); mem0 = Qdrant "
     "local mode on_disk (in-process, exact scan with a user_id payload filter) + its SQLite history db.",
-    "ranking: Retain = vector KNN + BM25 (turns indexed with speaker and, if short, the 2 turns before) "
-    "fused by reciprocal rank (k=10, keyword rank x2, 50 candidates each), speaker boost, time boost, "
+    "ranking: Retain = vector KNN (user turns also by sentence) + BM25 (turns indexed with speaker and, if "
+    "short, the 2 turns before) fused by reciprocal rank (k=10, keyword rank x1.5, 50 candidates each), "
+    "speaker boost (the speakers a query names taken out of what both signals search for), time boost, "
     "neighbour lift; "
     "mem0 = semantic "
     "score + BM25 + entity boost, additively; offline its BM25 (fastembed Qdrant/bm25) and spaCy entity/lemma "
