@@ -419,6 +419,8 @@ def test_a_memory_scores_as_its_best_facet_through_cache_appends_endings_purges_
     add(writer, faceted("a", unit(1), unit(1, 0, 0.2), unit(0, 1, 1)), new_memory("plain", "p", unit(0.5, 0, 1)))
     cos = round(float(unit(0, 1, 1) @ q), 4)
     assert found(reader) == [("plain", round(float(unit(0.5, 0, 1) @ q), 4)), ("a", cos)]
+    for s in (reader, make_store()):  # from the cache the search left, and from SQL: scored as the search did
+        assert {id: round(v, 4) for id, v in s.similarity("t1", ["a", "plain", "nope"], q).items()} == dict(found(s))
     # Appended to the cached copy: the new row's facets belong to it, not to a row already held.
     add(writer, faceted("b", unit(-1), unit(0, 0, 1)), new_memory("c", "c", unit(1)), at=20)
     assert found(reader)[0] == ("b", 1.0) and dict(found(reader))["a"] == cos
@@ -438,6 +440,7 @@ def test_a_memory_scores_as_its_best_facet_through_cache_appends_endings_purges_
     writer.import_rows("t1", [damaged], np.array([unit(1)]))
     assert [p for p in writer.check_integrity() if p.startswith("facets")] == ["facets of the wrong size: cut"]
     assert [id for id, _ in found(make_store())] == ["a", "cut"]  # searches go on, on the memory's own vector
+    assert writer.similarity("t1", ["cut"], q) == pytest.approx({"cut": float(unit(1) @ q)}, abs=1e-6)
 
 
 def test_a_cache_brought_up_to_date_answers_like_a_fresh_one(make_store: StoreFactory) -> None:

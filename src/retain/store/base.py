@@ -246,7 +246,8 @@ class Store(ABC):
 
     @abstractmethod
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
-        """Cosine similarity of `vector` to each stored memory in `ids`."""
+        """Cosine similarity of `vector` to each stored memory in `ids`: its best over its own vector and its
+        facets, as `vector_search` scores it."""
 
     @abstractmethod
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:

@@ -69,6 +69,7 @@ from .vector_index import (
     current_partition,
     facet_columns,
     facets_blob,
+    stored_scores,
     to_blob,
     top_k,
 )
@@ -1024,7 +1025,28 @@ class PostgresStore(Store):
 
     def similarity(self, tenant_id: str, ids: Sequence[str], vector: Vector) -> dict[str, float]:
         query = _unit(vector)
-        return {id: float(stored @ query) for id, stored in self.vectors(tenant_id, ids).items()}
+        if not ids:
+            return {}
+        by_partition: dict[int, tuple[Partition, list[str], list[int]]] = {}
+        for memory_id, (partition, row) in self._cached_rows("vectors", tenant_id, ids).items():
+            entry = by_partition.setdefault(id(partition), (partition, [], []))
+            entry[1].append(memory_id)
+            entry[2].append(row)
+        out: dict[str, float] = {}
+        for partition, held, rows in by_partition.values():
+            scores = partition.row_scores(np.array(rows, dtype=np.int64), query)
+            out |= dict(zip(held, scores.tolist(), strict=True))
+        if rest := [id for id in ids if id not in out]:
+            stored = self._fetch(
+                f"{_BY_ID.format(table='memories')} SELECT id, vector_send(embedding), facets FROM hit "
+                "WHERE tenant_id = %s",
+                (rest, tenant_id),
+            )
+            vectors = np.array([_from_send(r[1]) for r in stored], dtype=np.float32)
+            facets = [None if r[2] is None else bytes(r[2]) for r in stored]
+            scores = stored_scores(vectors, facets, query, self.dimensions)
+            out |= dict(zip([str(r[0]) for r in stored], scores.tolist(), strict=True))
+        return out
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:

@@ -58,10 +58,12 @@ from .sqlite_schema import MIGRATIONS, NEXT_MEMORY_ROWID, OPEN_END, SchemaContex
 from .vector_index import (
     DEFAULT_CACHE_BYTES,
     NO_EXPIRY,
+    Partition,
     VectorCache,
     bump_versions,
     facets_blob,
     load_partition,
+    stored_scores,
     to_blob,
     top_k,
     versions_of,
@@ -793,28 +795,40 @@ class SQLiteStore(Store):
         if not ids:
             return {}
         db = self._db()
-        found, matrix = self._cached_vectors(db, tenant_id, ids)
-        out = {id: float(stored @ query) for id, stored in zip(found, matrix, strict=True)}  # as for stored ones
-        rest = [id for id in ids if id not in out]
-        return out | {id: float(stored @ query) for id, stored in self._stored_vectors(db, tenant_id, rest).items()}
+        out: dict[str, float] = {}
+        for partition, held, rows in self._cached_hits(db, tenant_id, ids):
+            out |= dict(zip(held, partition.row_scores(rows, query).tolist(), strict=True))
+        if rest := [id for id in ids if id not in out]:
+            stored = db.execute(
+                "SELECT m.id, v.embedding, v.facets FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+                "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
+                (tenant_id, json.dumps(rest)),
+            ).fetchall()
+            vectors = np.frombuffer(b"".join(r[1] for r in stored), dtype=np.float32)
+            scores = stored_scores(vectors, [r[2] for r in stored], query, self.dimensions)
+            out |= dict(zip([r[0] for r in stored], scores.tolist(), strict=True))
+        return out
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:
             return {}
         db = self._db()
-        found, matrix = self._cached_vectors(db, tenant_id, ids)
-        out = dict(zip(found, matrix, strict=True))
+        out: dict[str, Vector] = {}
+        for partition, held, rows in self._cached_hits(db, tenant_id, ids):
+            out |= dict(zip(held, partition.matrix[rows], strict=True))
         return out | self._stored_vectors(db, tenant_id, [id for id in ids if id not in out])
 
-    def _cached_vectors(self, db: Any, tenant_id: str, ids: Sequence[str]) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """The ids among `ids` whose vectors the cache holds at their user's current version, and those vectors."""
+    def _cached_hits(
+        self, db: Any, tenant_id: str, ids: Sequence[str]
+    ) -> list[tuple[Partition, list[str], npt.NDArray[np.int64]]]:
+        """Per user whose vectors the cache holds at its current version: that partition, the ids among `ids`
+        it holds, and their positions in it."""
         by_user: dict[str, tuple[UserPostings, list[str], list[int]]] = {}
         for id, (name, rows, row) in self._cached_rows(db, tenant_id, ids).items():
             entry = by_user.setdefault(name, (rows, [], []))
             entry[1].append(id)
             entry[2].append(row)
-        found: list[str] = []
-        blocks = [np.zeros((0, self.dimensions), dtype=np.float32)]
+        out = []
         for name, (rows, user_ids, user_rows) in by_user.items():
             # The user's vectors, when cached at the same version as its rows (both follow its version row).
             partition = self._vectors.get(name, rows.version)
@@ -824,9 +838,8 @@ class SQLiteStore(Store):
             at = np.searchsorted(partition.rowids, rowids)
             at[at == len(partition.rowids)] = 0
             held = partition.rowids[at] == rowids
-            found += [id for id, ok in zip(user_ids, held.tolist(), strict=True) if ok]
-            blocks.append(partition.matrix[at[held]])
-        return found, np.concatenate(blocks)
+            out.append((partition, [id for id, ok in zip(user_ids, held.tolist(), strict=True) if ok], at[held]))
+        return out
 
     def _stored_vectors(self, db: Any, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:

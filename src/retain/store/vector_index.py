@@ -191,6 +191,17 @@ class Partition:
         np.maximum.at(out, self.facet_rows, _scores(self.facets, query))
         return out if mask is None else out[mask]
 
+    def row_scores(self, rows: npt.NDArray[np.int64], query: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The cosine to `query` of the rows at positions `rows` (distinct), each scored as `scores` does."""
+        out = _scores(self.matrix[rows], query)
+        if self.facets is not None and self.facet_rows is not None and len(rows):
+            held = np.isin(self.facet_rows, rows)
+            if held.any():
+                order = np.argsort(rows)
+                place = order[np.searchsorted(rows[order], self.facet_rows[held])]
+                np.maximum.at(out, place, _scores(self.facets[held], query))
+        return out
+
     def mask(
         self, agent_id: str | None, run_id: str | None, as_of: int | None, now: int | None = None
     ) -> npt.NDArray[np.bool_]:
@@ -267,6 +278,18 @@ def facet_columns(
     counts = [len(blob) // stride for _, blob in held]
     rows = np.repeat(np.fromiter((row for row, _ in held), dtype=np.int64, count=len(held)), counts)
     return matrix, rows
+
+
+def stored_scores(
+    vectors: npt.NDArray[np.float32], facets: Sequence[bytes | None], query: npt.NDArray[np.float32], dimensions: int
+) -> npt.NDArray[np.float32]:
+    """The cosine to `query` of memories read from the store, from their vectors (one row each) and stored
+    facets, computed as `Partition.scores` computes it (damaged facets left out as `facet_columns` leaves them)."""
+    out = _scores(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dimensions), query)
+    matrix, rows = facet_columns(facets, dimensions)
+    if matrix is not None and rows is not None:
+        np.maximum.at(out, rows, _scores(matrix, query))
+    return out
 
 
 def facets_blob(facets: npt.NDArray[np.floating] | None) -> bytes | None:
