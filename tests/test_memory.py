@@ -312,10 +312,13 @@ def test_a_speaker_the_query_names_is_left_to_the_boost_and_the_rest_matched_by_
         spy = _QuerySpy()
         settings = Settings(track_access=False, index_context_turns=0, speaker_boost=boost)
         with Memory(str(tmp_path / f"n{boost}.db"), spy, settings=settings) as m:
-            m.add(turns, user_id="u", infer=False)
+            m.add(turns, user_id="u", agent_id="ag", infer=False)
             hits = m.search("what did Bob's sister adopt", user_id="u", limit=2).results
             assert spy.queries == [embedded]
             assert hits[0].memory == "My sister adopted a kitten"
+            m._embed_query.cache_clear()
+            across_users = m.search("what did Bob's sister adopt", agent_id="ag", limit=2).results  # names: the hits'
+            assert spy.queries[-1] == embedded and across_users[0].memory == "My sister adopted a kitten"
             m.search("what did Zed adopt", user_id="u", limit=2)  # not a speaker: kept
             assert spy.queries[-1] == "what did Zed adopt"
 

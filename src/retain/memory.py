@@ -379,7 +379,8 @@ class Memory:
             pool = max(CANDIDATE_POOL, 2 * limit)
             sparse = self.store.keyword_search(scope, keyword_query(query), pool, where, as_of, now)
             # Speakers the query names are left to the speaker boost; both signals match what it asks about.
-            named = named_speakers(query, self.store.speakers(scope)) if st.speaker_boost > 0 else frozenset()
+            speakers = self.store.speakers(scope, [c.id for c in sparse]) if st.speaker_boost > 0 else frozenset()
+            named = named_speakers(query, speakers)
             content = without_speakers(query, named)
             if content != query:
                 sparse = self.store.keyword_search(scope, keyword_query(content), pool, where, as_of, now)

@@ -237,8 +237,8 @@ def test_origins_follow_changes_made_through_another_instance(make_store: StoreF
 
 
 def test_speakers_are_the_names_of_the_current_turns_in_scope(make_store: StoreFactory) -> None:
-    """Answered from a user's cached rows once a search cached them, and kept current through another
-    instance's update and purge; an agent's scope spans its users; never across tenants."""
+    """A user's: from its cached rows once a search cached them, kept current through another instance's
+    update and purge. Across users (an agent's scope): those of the candidates given. Never across tenants."""
     reader, writer = make_store(), make_store()
 
     def turn(id: str, name: Any, s: Scope | None = None) -> NewMemory:
@@ -247,15 +247,15 @@ def test_speakers_are_the_names_of_the_current_turns_in_scope(make_store: StoreF
     add(writer, turn("a", "Ann"), turn("b", "Bo"), turn("c", 7), new_memory("d", "tea d", unit(1)))
     add(writer, turn("e", "Cy", scope("u2", agent="ag")), turn("f", "Flo", scope("u1", agent="ag")))
     add(writer, turn("g", "Di", scope(tenant="t2")), tenant="t2")
-    assert reader.speakers(scope()) == {"Ann", "Bo", "Flo"}
+    assert reader.speakers(scope(), []) == {"Ann", "Bo", "Flo"}
     assert ids_of(reader.keyword_search(scope(), "tea", 10, None, None, 100))  # the user's rows now cached
-    assert reader.speakers(scope()) == {"Ann", "Bo", "Flo"}
+    assert reader.speakers(scope(), ["e"]) == {"Ann", "Bo", "Flo"}
     update(writer, "a", turn("a2", "Eve"), at=20)
     writer.purge_lineage("t1", "b")
-    assert reader.speakers(scope()) == {"Eve", "Flo"}
-    assert reader.speakers(scope(None, agent="ag")) == {"Cy", "Flo"}
-    assert reader.speakers(scope("u2")) == {"Cy"}
-    assert reader.speakers(scope(tenant="t2")) == {"Di"} and reader.speakers(scope(tenant="t3")) == frozenset()
+    assert reader.speakers(scope(), []) == {"Eve", "Flo"}
+    assert reader.speakers(scope("u2"), []) == {"Cy"}
+    assert reader.speakers(scope(None, agent="ag"), ["e", "g", "c", "nope"]) == {"Cy"}
+    assert reader.speakers(scope(tenant="t2"), []) == {"Di"} and reader.speakers(scope(tenant="t3"), []) == frozenset()
 
 
 def test_list_memories_pages_newest_first_within_the_scope(store: Store) -> None:

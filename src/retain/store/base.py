@@ -227,11 +227,17 @@ class Store(ABC):
     ) -> list[Candidate]:
         """BM25 matches in scope; score is the BM25 relevance (higher is better)."""
 
+    def speakers(self, scope: Scope, among: Sequence[str]) -> frozenset[str]:
+        """The names (metadata `name`) verbatim turns were added with: of all of the scope's user's current
+        turns, or, in a scope across users (which has no cached rows to read them from), of the memories
+        `among` (a search's candidates)."""
+        if scope.user_id is not None:
+            return self.user_speakers(scope.tenant_id, scope.user_id)
+        return frozenset(o.name for o in self.origins(scope.tenant_id, among).values() if o.name)
+
     @abstractmethod
-    def speakers(self, scope: Scope) -> frozenset[str]:
-        """The names (metadata `name`) the current verbatim turns in scope were added with. For a scope with
-        a user, those of all of the user's turns, from the rows its keyword search caches; scopes across
-        users ask SQL."""
+    def user_speakers(self, tenant_id: str, user_id: str) -> frozenset[str]:
+        """The names a user's current verbatim turns were added with, from the rows its keyword search caches."""
 
     @abstractmethod
     def adjacent(

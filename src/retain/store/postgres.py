@@ -959,18 +959,11 @@ class PostgresStore(Store):
             rows_by_id={r[0]: row for row, r in enumerate(rows)},
         )
 
-    def speakers(self, scope: Scope) -> frozenset[str]:
-        if scope.user_id is not None:
-            postings, _, _ = self._cached(scope, "postings", self._load_postings, False, None, None, 0)
-            assert isinstance(postings, UserPostings)
-            return postings.speakers
-        ssql, sparams = _scope_sql(scope)
-        rows = self._fetch(
-            "SELECT DISTINCT metadata->>'name' FROM memories m "
-            f"WHERE {ssql} AND m.valid_to IS NULL AND jsonb_typeof(m.metadata->'name') = 'string'",
-            sparams,
-        )
-        return frozenset(str(r[0]) for r in rows if r[0])
+    def user_speakers(self, tenant_id: str, user_id: str) -> frozenset[str]:
+        scope = Scope(tenant_id=tenant_id, user_id=user_id)
+        postings, _, _ = self._cached(scope, "postings", self._load_postings, False, None, None, 0)
+        assert isinstance(postings, UserPostings)
+        return postings.speakers
 
     def adjacent(
         self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int

@@ -734,14 +734,8 @@ class SQLiteStore(Store):
         ids = dict(rows)
         return [Candidate(ids[rowid], float(score)) for rowid, score in scored if rowid in ids]
 
-    def speakers(self, scope: Scope) -> frozenset[str]:
-        db = self._db()
-        if scope.user_id is not None:
-            return self._postings(db, scope.tenant_id, scope.user_id).speakers
-        ssql, sparams = _scope_sql(scope)
-        name = "CASE json_type(m.metadata, '$.name') WHEN 'text' THEN json_extract(m.metadata, '$.name') END"
-        rows = db.execute(f"SELECT DISTINCT {name} FROM memories m WHERE {ssql} AND m.valid_to IS NULL", sparams)
-        return frozenset(str(r[0]) for r in rows if r[0])
+    def user_speakers(self, tenant_id: str, user_id: str) -> frozenset[str]:
+        return self._postings(self._db(), tenant_id, user_id).speakers
 
     def adjacent(
         self, tenant_id: str, ids: Sequence[str], window: int, gap: int, now: int
