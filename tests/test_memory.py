@@ -306,12 +306,17 @@ class _QuerySpy(HashEmbedder):
         return super().embed(texts)
 
 
-def test_a_speaker_the_query_names_is_left_to_the_boost_and_the_rest_matched_by_content(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_speaker_the_query_names_is_left_to_the_boost_and_the_rest_matched_by_content(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     turns = [{"content": "My sister adopted a kitten", "name": "Bob"}, {"content": "Hi Bob, Bob!", "name": "Ann"}]
     for boost, embedded in ((1.0, "what did sister adopt"), (0.0, "what did Bob's sister adopt")):
         spy = _QuerySpy()
         settings = Settings(track_access=False, index_context_turns=0, speaker_boost=boost)
-        with Memory(str(tmp_path / f"n{boost}.db"), spy, settings=settings) as m:
+        fresh_database = request.getfixturevalue("new_postgres_database") if backend == "postgres" else None
+        store = fresh_database() if fresh_database else str(tmp_path / f"n{boost}.db")
+        with Memory(store, spy, settings=settings) as m:
             m.add(turns, user_id="u", agent_id="ag", infer=False)
             hits = m.search("what did Bob's sister adopt", user_id="u", limit=2).results
             assert spy.queries == [embedded]
