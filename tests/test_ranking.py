@@ -94,6 +94,8 @@ def test_speakers_are_named_as_whole_words_in_any_case() -> None:
     assert named_speakers("What did caroline and MEL research?", speakers) == {"Caroline", "Mel"}
     assert named_speakers("What did Carol research? Melons?", speakers) == frozenset()
     assert named_speakers("Where does Mary Ann live?", speakers) == {"Mary Ann"}
+    assert named_speakers("What will Will do?", {"Will"}) == {"Will"}
+    assert named_speakers("what will I do?", {"Will"}) == frozenset()  # a common word: only as written
 
 
 def test_named_speakers_are_taken_out_of_what_the_query_asks() -> None:
@@ -103,6 +105,7 @@ def test_named_speakers_are_taken_out_of_what_the_query_asks() -> None:
     assert without_speakers("Where is Mel going?", named) == "Where is going?"
     assert without_speakers("Melanie?", named) == "Melanie?"  # nothing else left: the query as it is
     assert without_speakers("What do Melanie's kids like?", frozenset()) == "What do Melanie's kids like?"
+    assert without_speakers("What will Will's dog do?", {"Will"}) == "What will dog do?"
 
 
 def test_memories_in_a_named_window_are_boosted() -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .indexing import STOPWORDS
 from .store.base import Candidate, Origin, Vector
 
 RRF_K = 10
@@ -114,13 +115,10 @@ def diversify(fused: list[Fused], vectors: dict[str, Vector], weight: float) -> 
 
 
 def named_speakers(query: str, speakers: Iterable[str]) -> frozenset[str]:
-    """The speakers (the `name`s verbatim turns were added with) the query names, as whole words in any case."""
+    """The speakers (the `name`s verbatim turns were added with) the query names, as whole words in any case;
+    a name that is also a common word ("Will", "An") only as it is written."""
     lowered = query.casefold()
-    return frozenset(
-        name
-        for name in speakers
-        if name.casefold() in lowered and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", query, re.I)
-    )
+    return frozenset(name for name in speakers if name.casefold() in lowered and _named(name).search(query))
 
 
 def without_speakers(query: str, named: Iterable[str]) -> str:
@@ -132,9 +130,16 @@ def without_speakers(query: str, named: Iterable[str]) -> str:
     """
     out = query
     for name in sorted(named, key=len, reverse=True):
-        out = re.sub(rf"(?<!\w){re.escape(name)}(?:['’]s)?(?!\w)", " ", out, flags=re.I)
+        out = _named(name, possessive=True).sub(" ", out)
     out = " ".join(out.split())
     return out if re.search(r"\w", out) else query
+
+
+def _named(name: str, possessive: bool = False) -> re.Pattern[str]:
+    """`name` as a whole word (with its possessive 's), in any case unless it is also a common word."""
+    suffix = "(?:['’]s)?" if possessive else ""
+    flags = 0 if name.casefold() in STOPWORDS else re.I
+    return re.compile(rf"(?<!\w){re.escape(name)}{suffix}(?!\w)", flags)
 
 
 def boost_speakers(fused: list[Fused], origins: dict[str, Origin], named: frozenset[str], boost: float) -> list[Fused]:
