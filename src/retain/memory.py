@@ -332,11 +332,10 @@ class Memory:
 
         `threshold` is the minimum cosine similarity between query and memory, as the vector search scores
         it: without the speakers the query names (the speaker boost weighs those), and for a turn embedded
-        by sentence too, its best sentence. `as_of` searches the memories that were valid at that time instead of
-        the current ones. `at` is when the query is asked (default: now), the
-        day that dates in it such as "last Saturday" or "two weeks ago" count
-        from; unlike `as_of` it does not change which memories are searched.
-        `explain=True` fills `Hit.scores` with each signal.
+        by sentence too, its best sentence. `as_of` searches the memories that were valid at that time
+        instead of the current ones. `at` is when the query is asked (default: now), the day that dates in
+        it such as "last Saturday" or "two weeks ago" count from; unlike `as_of` it does not change which
+        memories are searched. `explain=True` fills `Hit.scores` with each signal.
         """
         scope = self._scope(user_id, agent_id, run_id)
         check_text(query, field="query", max_chars=self.settings.max_message_chars)
