@@ -4,10 +4,10 @@ RRF needs no score calibration between cosine similarity and BM25, which live
 on different scales and shift with corpus size; it only trusts each signal's
 order. The fused score is scaled so that 1.0 means "ranked first by every
 signal". k = 10 rather than the usual 60 weighs the top ranks more (LoCoMo dev
-evidence recall@10 0.465 -> 0.532). A keyword rank counts twice a vector rank
-by default (`Settings.keyword_weight`): with turns keyword-indexed with their
-speaker and context, BM25 is the sharper signal on LoCoMo (recall@10 0.730 ->
-0.744) and LongMemEval_S is within a question of unchanged. See BENCHMARKS.md.
+evidence recall@10 0.465 -> 0.532). A keyword rank counts 1.5 times a vector
+rank by default (`Settings.keyword_weight`): with turns keyword-indexed with
+their speaker and context, BM25 is the sharper signal on LoCoMo; it counted
+twice until sentence facets made the vector side stronger. See BENCHMARKS.md.
 
 After fusion: a hit lifts its neighbouring turns, and less the turns two places
 away (`lift_neighbours`), then priors on who spoke and when re-weigh the head of
