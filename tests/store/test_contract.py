@@ -430,6 +430,9 @@ def test_a_memory_scores_as_its_best_facet_through_cache_appends_endings_purges_
     writer.purge_lineage("t1", "plain")
     update(writer, "b", new_memory("b2", "b2", unit(-1), lineage="b"), at=40)  # the new version has no facets
     assert found(reader) == found(make_store()) and found(reader)[0][0] == "a"
+    for s in (reader, make_store()):  # as of before the update, b (ended since) scores as its facet too
+        then = [(c.id, round(c.score, 4)) for c in s.vector_search(scope(), q, 10, None, 35, 100)]
+        assert then[:2] == [("b", 1.0), ("a", cos)] and {id for id, _ in then} == {"a", "b", "b2", "c"}
     exported = [r for r in writer.export_rows("t1") if r["type"] == "memory" and r["id"] == "a"]
     assert exported[0]["facets"] is not None
     writer.purge_scope(scope())

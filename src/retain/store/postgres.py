@@ -758,16 +758,23 @@ class PostgresStore(Store):
     def vector_search(
         self, scope: Scope, vector: Vector, k: int, where: Filter | None, as_of: int | None, now: int
     ) -> list[Candidate]:
-        if scope.user_id is not None and as_of is None:
-            # The partition is read from the covering index, which has no agent or run: those go to SQL.
-            in_sql = where is not None or scope.agent_id is not None or scope.run_id is not None
-            partition, _, allowed = self._cached(scope, "vectors", self._load_vectors, in_sql, where, None, now)
-            assert partition.ids is not None
+        if scope.user_id is not None:
+            # The partition is read from the covering index, which has no agent or run: those go to SQL, and
+            # so does which memories were valid `as_of`.
+            in_sql = as_of is not None or where is not None or scope.agent_id is not None or scope.run_id is not None
+            partition, _, allowed = self._cached(scope, "vectors", self._load_vectors, in_sql, where, as_of, now)
+            assert partition.ids is not None and partition.rows_by_id is not None
             mask = partition.mask(None, None, None, now)
             if allowed is not None:
                 mask &= np.isin(partition.ids, allowed)
-            return [Candidate(str(partition.ids[i]), s) for i, s in top_k([partition], [mask], _unit(vector), k)]
-        # `as_of` needs superseded versions, and scopes without a user span users: exact search in SQL.
+            hits = [Candidate(str(partition.ids[i]), s) for i, s in top_k([partition], [mask], _unit(vector), k)]
+            if as_of is None or allowed is None:
+                return hits
+            # Versions valid then and ended since are not cached: scored from their stored vectors and facets.
+            ended = [id for id in allowed if id not in partition.rows_by_id]
+            hits += [Candidate(id, score) for id, score in self.similarity(scope.tenant_id, ended, vector).items()]
+            return sorted(hits, key=lambda c: (-c.score, c.id))[:k]
+        # Scopes without a user span users: exact search in SQL on each memory's own vector.
         sql, params = self._search_filter(scope, where, as_of, now)
         rows = self._fetch(
             f"SELECT m.id, -(m.embedding <#> %s) AS score FROM memories m WHERE {sql} "
