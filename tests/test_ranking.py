@@ -104,6 +104,7 @@ def test_named_speakers_are_taken_out_of_what_the_query_asks() -> None:
     assert without_speakers("Did melanie’s and Caroline's paintings sell?", named) == "Did and paintings sell?"
     assert without_speakers("Where is Mel going?", named) == "Where is going?"
     assert without_speakers("Melanie?", named) == "Melanie?"  # nothing else left: the query as it is
+    assert without_speakers("Who is Mel?", named) == "Who is Mel?"  # only stopwords left: it asks about Mel
     assert without_speakers("What do Melanie's kids like?", frozenset()) == "What do Melanie's kids like?"
     assert without_speakers("What will Will's dog do?", {"Will"}) == "What will dog do?"
 

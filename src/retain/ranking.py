@@ -128,13 +128,13 @@ def without_speakers(query: str, named: Iterable[str]) -> str:
     Who said it is `boost_speakers`' part. A name in the query pulls its vector toward every turn embedded
     with that name, whatever the turn says (LoCoMo dev, the vector ranking alone: evidence recall@25 0.59
     with the names, 0.68 without, each turn scored as the best of its vector and its sentences'). The query
-    itself when nothing else is left.
+    itself when only stopwords would be left ("Who is Bob?" asks about Bob, whoever said it).
     """
     out = query
     for name in sorted(named, key=len, reverse=True):
         out = _named(name, possessive=True).sub(" ", out)
     out = " ".join(out.split())
-    return out if re.search(r"\w", out) else query
+    return out if any(word.casefold() not in STOPWORDS for word in re.findall(r"\w+", out)) else query
 
 
 def _named(name: str, possessive: bool = False) -> re.Pattern[str]:
