@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from retain import InvalidInputError, Memory, Settings
+from retain.embedders.base import Vectors
 from retain.testing import HashEmbedder, ScriptedLLM
 
 
@@ -300,7 +302,7 @@ class _QuerySpy(HashEmbedder):
         super().__init__()
         self.queries: list[str] = []
 
-    def embed(self, texts):  # type: ignore[no-untyped-def]
+    def embed(self, texts: Sequence[str]) -> Vectors:
         if len(texts) == 1:
             self.queries.append(texts[0])
         return super().embed(texts)
