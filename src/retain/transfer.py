@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import InvalidInputError
-from .indexing import embedding_text, split_facets
+from .indexing import embedding_text
 from .memory import Memory
 from .models import Role
 
@@ -207,10 +207,7 @@ def _facets(memory: Memory, rows: list[MemoryRow], vectors: Any, same_space: boo
             None if r.facets is None else np.frombuffer(base64.b64decode(r.facets), dtype=np.float32).reshape(-1, dims)
             for r in rows
         ]
-    sentences = [_facet_sentences(memory, r) for r in rows]
-    flat = [s for own in sentences for s in own]
-    embedded = memory.embedder.embed(flat) if flat else np.zeros((0, dims), np.float32)
-    return split_facets(embedded, sentences, vectors)
+    return memory._embed_turns([], [_facet_sentences(memory, r) for r in rows], vectors)[1]
 
 
 def _facet_sentences(memory: Memory, row: MemoryRow) -> list[str]:

@@ -1037,28 +1037,31 @@ class PostgresStore(Store):
             scores = partition.row_scores(np.array(rows, dtype=np.int64), query)
             out |= dict(zip(held, scores.tolist(), strict=True))
         if rest := [id for id in ids if id not in out]:
-            stored = self._fetch(
-                f"{_BY_ID.format(table='memories')} SELECT id, vector_send(embedding), facets FROM hit "
-                "WHERE tenant_id = %s",
-                (rest, tenant_id),
-            )
-            vectors = np.array([_from_send(r[1]) for r in stored], dtype=np.float32)
-            facets = [None if r[2] is None else bytes(r[2]) for r in stored]
-            scores = stored_scores(vectors, facets, query, self.dimensions)
-            out |= dict(zip([str(r[0]) for r in stored], scores.tolist(), strict=True))
+            stored = self._stored_vectors(tenant_id, rest, with_facets=True)
+            vectors = np.array([vector for vector, _ in stored.values()], dtype=np.float32)
+            scores = stored_scores(vectors, [facets for _, facets in stored.values()], query, self.dimensions)
+            out |= dict(zip(stored, scores.tolist(), strict=True))
         return out
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:
             return {}
         found = self._cached_vectors(tenant_id, ids)
-        if rest := [id for id in ids if id not in found]:
-            rows = self._fetch(
-                f"{_BY_ID.format(table='memories')} SELECT id, vector_send(embedding) FROM hit WHERE tenant_id = %s",
-                (rest, tenant_id),
-            )
-            found |= {str(id): _from_send(data) for id, data in rows}
-        return found
+        stored = self._stored_vectors(tenant_id, [id for id in ids if id not in found], with_facets=False)
+        return found | {id: vector for id, (vector, _) in stored.items()}
+
+    def _stored_vectors(
+        self, tenant_id: str, ids: Sequence[str], with_facets: bool
+    ) -> dict[str, tuple[Vector, bytes | None]]:
+        """The stored vector of each memory in `ids`, and its facets blob when asked for, from the table."""
+        if not ids:
+            return {}
+        rows = self._fetch(
+            f"{_BY_ID.format(table='memories')} SELECT id, vector_send(embedding), "
+            f"{'facets' if with_facets else 'NULL::bytea'} FROM hit WHERE tenant_id = %s",
+            (list(ids), tenant_id),
+        )
+        return {str(id): (_from_send(data), None if facets is None else bytes(facets)) for id, data, facets in rows}
 
     def _cached_vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         """The vectors of `ids` held by this tenant's recently used partitions that are still current.

@@ -793,14 +793,10 @@ class SQLiteStore(Store):
         for partition, held, rows in self._cached_hits(db, tenant_id, ids):
             out |= dict(zip(held, partition.row_scores(rows, query).tolist(), strict=True))
         if rest := [id for id in ids if id not in out]:
-            stored = db.execute(
-                "SELECT m.id, v.embedding, v.facets FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
-                "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
-                (tenant_id, json.dumps(rest)),
-            ).fetchall()
-            vectors = np.frombuffer(b"".join(r[1] for r in stored), dtype=np.float32)
-            scores = stored_scores(vectors, [r[2] for r in stored], query, self.dimensions)
-            out |= dict(zip([r[0] for r in stored], scores.tolist(), strict=True))
+            stored = self._stored_vectors(db, tenant_id, rest)
+            vectors = np.array([vector for vector, _ in stored.values()], dtype=np.float32)
+            scores = stored_scores(vectors, [facets for _, facets in stored.values()], query, self.dimensions)
+            out |= dict(zip(stored, scores.tolist(), strict=True))
         return out
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
@@ -810,7 +806,8 @@ class SQLiteStore(Store):
         out: dict[str, Vector] = {}
         for partition, held, rows in self._cached_hits(db, tenant_id, ids):
             out |= dict(zip(held, partition.matrix[rows], strict=True))
-        return out | self._stored_vectors(db, tenant_id, [id for id in ids if id not in out])
+        stored = self._stored_vectors(db, tenant_id, [id for id in ids if id not in out])
+        return out | {id: vector for id, (vector, _) in stored.items()}
 
     def _cached_hits(
         self, db: Any, tenant_id: str, ids: Sequence[str]
@@ -835,15 +832,16 @@ class SQLiteStore(Store):
             out.append((partition, [id for id, ok in zip(user_ids, held.tolist(), strict=True) if ok], at[held]))
         return out
 
-    def _stored_vectors(self, db: Any, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
+    def _stored_vectors(self, db: Any, tenant_id: str, ids: Sequence[str]) -> dict[str, tuple[Vector, bytes | None]]:
+        """The stored vector and facets blob of each memory in `ids`, from the table."""
         if not ids:
             return {}
         rows = db.execute(
-            "SELECT m.id, v.embedding FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
+            "SELECT m.id, v.embedding, v.facets FROM memories m JOIN memory_vectors v ON v.memory_rowid = m.rowid "
             "WHERE +m.tenant_id = ? AND m.id IN (SELECT value FROM json_each(?))",
             (tenant_id, json.dumps(list(ids))),
         ).fetchall()
-        return {id: np.frombuffer(blob, dtype=np.float32).copy() for id, blob in rows}
+        return {id: (np.frombuffer(blob, dtype=np.float32).copy(), facets) for id, blob, facets in rows}
 
     def history(self, tenant_id: str, lineage_id: str) -> list[HistoryEntry]:
         rows = (
