@@ -295,6 +295,21 @@ def test_a_query_naming_a_speaker_prefers_that_speakers_turns(tmp_path: Path) ->
                 assert hits[0].score < hits[1].score * 1.5
 
 
+def test_a_speaker_named_only_as_the_owner_of_the_topic_is_not_boosted(tmp_path: Path) -> None:
+    turns = [{"content": "I like the plan", "name": "Ann"}, {"content": "I like the plan", "name": "Bob"}]
+    settings = Settings(track_access=False, index_context_turns=0, speaker_boost=1.0)
+    with Memory(str(tmp_path / "m.db"), HashEmbedder(), settings=settings) as m:
+        m.add(turns, user_id="u", infer=False)
+        ann, bob = (
+            m.search(f"what does {a} think about {b}'s plan", user_id="u", limit=2).results
+            for a, b in (("Ann", "Bob"), ("Bob", "Ann"))
+        )
+        assert ann[0].metadata["name"] == "Ann" and ann[0].score > 1.5 * ann[1].score
+        assert bob[0].metadata["name"] == "Bob" and bob[0].score > 1.5 * bob[1].score
+        both = m.search("what do Ann and Bob think about the plan", user_id="u", limit=2).results
+        assert both[0].score < 1.5 * both[1].score  # both speak: both boosted
+
+
 class _QuerySpy(HashEmbedder):
     """Records the texts embedded one at a time (the queries)."""
 

@@ -12,6 +12,7 @@ from retain.ranking import (
     lift_neighbours,
     named_speakers,
     prefer_role,
+    voices,
     without_speakers,
 )
 from retain.store.base import Origin
@@ -107,6 +108,17 @@ def test_named_speakers_are_taken_out_of_what_the_query_asks() -> None:
     assert without_speakers("Who is Mel?", named) == "Who is Mel?"  # only stopwords left: it asks about Mel
     assert without_speakers("What do Melanie's kids like?", frozenset()) == "What do Melanie's kids like?"
     assert without_speakers("What will Will's dog do?", {"Will"}) == "What will dog do?"
+
+
+def test_a_speaker_named_only_as_an_owner_beside_another_is_the_topic_not_the_voice() -> None:
+    two = frozenset({"Melanie", "Caroline"})
+    assert voices("What does Melanie think about Caroline's decision to adopt?", two) == {"Melanie"}
+    assert voices("What did Caroline say about Melanie’s painting?", two) == {"Caroline"}
+    assert voices("Who is Melanie and Caroline's favorite artist?", two) == two  # joint owners
+    assert voices("Did Melanie's and Caroline's paintings sell?", two) == two  # all owners: all kept
+    assert voices("What did Melanie say about Caroline's talk to Caroline?", two) == two  # also named plainly
+    assert voices("What do Melanie's kids like?", frozenset({"Melanie"})) == {"Melanie"}
+    assert voices("What did Will say about Ann's dog?", frozenset({"Will", "Ann"})) == {"Will"}
 
 
 def test_memories_in_a_named_window_are_boosted() -> None:

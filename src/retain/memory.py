@@ -66,6 +66,7 @@ from .ranking import (
     lift_neighbours,
     named_speakers,
     prefer_role,
+    voices,
     without_speakers,
 )
 from .sessions import Session
@@ -401,7 +402,7 @@ class Memory:
                 head = fused[: max(PRIOR_POOL, 2 * limit)]
                 origins = self.store.origins(self.tenant_id, [f.id for f in head])
                 if named:
-                    head = boost_speakers(head, origins, named, st.speaker_boost)
+                    head = boost_speakers(head, origins, voices(query, named), st.speaker_boost)
                 if windows:
                     spans = [(to_micros(start), to_micros(end)) for start, end in windows]
                     head = boost_in_windows(head, origins, spans, st.time_boost)

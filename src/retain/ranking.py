@@ -12,7 +12,8 @@ twice until sentence facets made the vector side stronger. See BENCHMARKS.md.
 After fusion: a hit lifts its neighbouring turns, and less the turns two places
 away (`lift_neighbours`), then priors on who spoke and when re-weigh the head of
 the list: turns of a speaker the query names are boosted (`boost_speakers`; the
-searches look for the rest of the query, `without_speakers`),
+searches look for the rest of the query, `without_speakers`; a speaker named only as the owner of
+what another one is asked about is not, `voices`),
 memories from a date the query names are boosted (`boost_in_windows`, windows
 from `retain.dates`), and in a two-party chat the turns of the side the query
 does not ask about are damped (`prefer_role`: "what did I ..." is answered by
@@ -135,6 +136,32 @@ def without_speakers(query: str, named: Iterable[str]) -> str:
         out = _named(name, possessive=True).sub(" ", out)
     out = " ".join(out.split())
     return out if any(word.casefold() not in STOPWORDS for word in re.findall(r"\w+", out)) else query
+
+
+def voices(query: str, named: frozenset[str]) -> frozenset[str]:
+    """The named speakers whose own turns answer the query.
+
+    In "What does Melanie think about Caroline's decision to adopt?" Melanie speaks and Caroline's
+    decision is what she speaks about: a speaker named only as an owner ("Caroline's") beside one named
+    plainly is the topic, not the voice, and is not boosted. "Tim and John's favorite player" makes both
+    owners together, so both stay, and a query that names everyone as an owner keeps them all.
+    """
+    plain = frozenset(
+        name for name in named if any(not _owner(query, m, named - {name}) for m in _named(name).finditer(query))
+    )
+    return plain or named
+
+
+def _owner(query: str, mention: re.Match[str], others: frozenset[str]) -> bool:
+    """Whether a mention of a speaker is possessive ("Caroline's") and not joint with another ("Tim and John's")."""
+    if not _POSSESSIVE.match(query, mention.end()):
+        return False
+    before = query[: mention.start()]
+    return not any(_JOINT.fullmatch(before, m.end()) for other in others for m in _named(other).finditer(before))
+
+
+_POSSESSIVE = re.compile(r"['’]s(?!\w)")
+_JOINT = re.compile(r"\s+(?:and|&)\s+")
 
 
 def _named(name: str, possessive: bool = False) -> re.Pattern[str]:
