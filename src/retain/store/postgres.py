@@ -1036,12 +1036,8 @@ class PostgresStore(Store):
         for partition, held, rows in by_partition.values():
             scores = partition.row_scores(np.array(rows, dtype=np.int64), query)
             out |= dict(zip(held, scores.tolist(), strict=True))
-        if rest := [id for id in ids if id not in out]:
-            stored = self._stored_vectors(tenant_id, rest, with_facets=True)
-            vectors = np.array([vector for vector, _ in stored.values()], dtype=np.float32)
-            scores = stored_scores(vectors, [facets for _, facets in stored.values()], query, self.dimensions)
-            out |= dict(zip(stored, scores.tolist(), strict=True))
-        return out
+        rest = [id for id in ids if id not in out]
+        return out | stored_scores(self._stored_vectors(tenant_id, rest, with_facets=True), query, self.dimensions)
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:

@@ -792,12 +792,8 @@ class SQLiteStore(Store):
         out: dict[str, float] = {}
         for partition, held, rows in self._cached_hits(db, tenant_id, ids):
             out |= dict(zip(held, partition.row_scores(rows, query).tolist(), strict=True))
-        if rest := [id for id in ids if id not in out]:
-            stored = self._stored_vectors(db, tenant_id, rest)
-            vectors = np.array([vector for vector, _ in stored.values()], dtype=np.float32)
-            scores = stored_scores(vectors, [facets for _, facets in stored.values()], query, self.dimensions)
-            out |= dict(zip(stored, scores.tolist(), strict=True))
-        return out
+        rest = [id for id in ids if id not in out]
+        return out | stored_scores(self._stored_vectors(db, tenant_id, rest), query, self.dimensions)
 
     def vectors(self, tenant_id: str, ids: Sequence[str]) -> dict[str, Vector]:
         if not ids:

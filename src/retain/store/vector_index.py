@@ -33,8 +33,9 @@ SQLite reads the partition again and PostgreSQL reads which memories remain
 
 A verbatim user turn may carry facets, the vectors of its sentences
 (`retain.indexing.facet_texts`): a partition holds them beside its rows and a
-row scores as its best vector (`Partition.scores`). `similarity` and
-PostgreSQL's `as_of` searches (in SQL) use each memory's own vector only.
+row scores as its best vector (`Partition.scores`, `Partition.row_scores`),
+and so does a memory read from the table (`stored_scores`). Only PostgreSQL's
+searches across users (exact KNN in SQL) use each memory's own vector alone.
 
 The cache's lock guards only the dictionary: partitions are read from the
 database outside it and swapped in under it, so no thread (or greenlet) ever
@@ -281,15 +282,18 @@ def facet_columns(
 
 
 def stored_scores(
-    vectors: npt.NDArray[np.float32], facets: Sequence[bytes | None], query: npt.NDArray[np.float32], dimensions: int
-) -> npt.NDArray[np.float32]:
-    """The cosine to `query` of memories read from the store, from their vectors (one row each) and stored
-    facets, computed as `Partition.scores` computes it (damaged facets left out as `facet_columns` leaves them)."""
-    out = _scores(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dimensions), query)
-    matrix, rows = facet_columns(facets, dimensions)
+    stored: dict[str, tuple[npt.NDArray[np.float32], bytes | None]], query: npt.NDArray[np.float32], dimensions: int
+) -> dict[str, float]:
+    """The cosine to `query` of memories read from the store (id: their vector and stored facets), computed
+    as `Partition.scores` computes it (damaged facets left out as `facet_columns` leaves them)."""
+    if not stored:
+        return {}
+    vectors = np.array([vector for vector, _ in stored.values()], dtype=np.float32).reshape(-1, dimensions)
+    out = _scores(vectors, query)
+    matrix, rows = facet_columns([facets for _, facets in stored.values()], dimensions)
     if matrix is not None and rows is not None:
         np.maximum.at(out, rows, _scores(matrix, query))
-    return out
+    return dict(zip(stored, out.tolist(), strict=True))
 
 
 def facets_blob(facets: npt.NDArray[np.floating] | None) -> bytes | None:
